@@ -1,0 +1,1 @@
+"""Shared Transformer building blocks (no PEFT method lives here)."""

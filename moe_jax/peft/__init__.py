@@ -1,0 +1,1 @@
+"""PEFT methods and the adapter-site contract they plug into."""

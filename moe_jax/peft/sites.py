@@ -1,0 +1,121 @@
+"""The adapter-site contract between backbones and PEFT methods.
+
+Backbones know no method: every projection goes through `apply_site`, every
+layer calls `apply_layer_hook`, and the model runs its `model_hook` module once
+per forward pass (its output is `ctx.model_state`). A method is an `Adapters` subclass that returns Flax modules for
+the sites it wants (and None elsewhere). Per-example information travels in one
+`AdapterContext` instead of a growing list of keyword arguments.
+
+Module signatures a method implements:
+  site module:        __call__(x, y, ctx) -> y'      (x: site input, y: site output)
+  layer hook module:  __call__(layer_input: LayerInput, ctx) -> layer_state
+  model hook module:  __call__(ctx) -> model_state
+
+Auxiliary training losses are sown into the `AUX_LOSS_COLLECTION` collection
+(already weighted); router statistics for logging into `ROUTER_STATS_COLLECTION`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax
+import flax.linen as nn
+import jax
+
+AUX_LOSS_COLLECTION = "aux_loss"
+ROUTER_STATS_COLLECTION = "router_stats"
+
+# Site kinds, by block. T5 1.0 uses `wi` where T5 v1.1 has `wi_0`/`wi_1`.
+ATTENTION_KINDS = ("q", "k", "v", "o")
+T5_MLP_KINDS = ("wi", "wi_0", "wi_1", "wo")
+LLAMA_MLP_KINDS = ("gate", "up", "down")
+FFN_HIDDEN = "ffn_hidden"  # post-activation intermediate, the input of wo/down
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteInfo:
+  """Static description of one adapter site."""
+  path: str  # e.g. "encoder/layer_3/self_attention/k"
+  stack: str  # "encoder" | "decoder"
+  layer: int
+  block: str  # "self_attention" | "cross_attention" | "mlp"
+  kind: str  # one of ATTENTION_KINDS, *_MLP_KINDS or FFN_HIDDEN
+  in_shape: tuple[int, ...]  # trailing feature dims of x
+  out_shape: tuple[int, ...]  # trailing feature dims of y
+  in_axes: tuple[str, ...]  # logical axis names of those dims
+  out_axes: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+  """Static description of one transformer layer, for per-layer hooks."""
+  path: str  # e.g. "decoder/layer_2"
+  stack: str
+  layer: int
+  num_layers: int
+  d_model: int
+  site_kinds: tuple[str, ...]  # kinds of the projections in this layer
+
+
+@flax.struct.dataclass
+class LayerInput:
+  """What a per-layer hook sees."""
+  hidden: jax.Array  # [B, T, d_model] hidden states entering the layer
+  mask: Optional[jax.Array]  # [B, T] 1 for real tokens
+  encoded: Optional[jax.Array] = None  # [B, S, d_model] encoder output (T5 decoder)
+  encoded_mask: Optional[jax.Array] = None  # [B, S]
+
+
+@flax.struct.dataclass
+class AdapterContext:
+  """Per-example context shared by every site of one forward pass."""
+  features: dict[str, jax.Array]  # task_id, domain_id, routing_embedding, ...
+  token_mask: Optional[jax.Array] = None  # [B, T] non-pad mask of the current stack
+  model_state: Any = None  # output of the model hook
+  layer_state: Any = None  # output of the current layer's hook
+  deterministic: bool = flax.struct.field(pytree_node=False, default=True)
+  decode: bool = flax.struct.field(pytree_node=False, default=False)
+
+
+class Adapters:
+  """No adapters: the frozen backbone. Methods subclass and override.
+
+  Subclasses must be hashable (frozen dataclasses) because they are attributes
+  of Flax modules.
+  """
+
+  def model_hook(self, name: Optional[str]) -> Optional[nn.Module]:
+    del name
+    return None
+
+  def layer_hook(self, info: LayerInfo, name: str) -> Optional[nn.Module]:
+    del info, name
+    return None
+
+  def site(self, info: SiteInfo, name: str) -> Optional[nn.Module]:
+    del info, name
+    return None
+
+  def __hash__(self):
+    return hash(type(self))
+
+  def __eq__(self, other):
+    return type(self) is type(other)
+
+
+NO_ADAPTERS = Adapters()
+
+
+def apply_site(adapters: Adapters, info: SiteInfo, x, y, ctx: AdapterContext):
+  """Lets the configured method rewrite a site's output. Call inside compact."""
+  module = adapters.site(info, name=f"{info.kind}_adapter")
+  return y if module is None else module(x, y, ctx)
+
+
+def apply_layer_hook(adapters: Adapters, info: LayerInfo, layer_input: LayerInput,
+                     ctx: AdapterContext) -> AdapterContext:
+  module = adapters.layer_hook(info, name="layer_hook")
+  if module is None:
+    return ctx
+  return ctx.replace(layer_state=module(layer_input, ctx))

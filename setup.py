@@ -1,0 +1,41 @@
+"""moe-jax: mixture-of-experts parameter-efficient fine-tuning in JAX/Flax."""
+import setuptools
+
+# Known-good pins for CPU/TPU hosts (see README "Environment").
+RUNTIME = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "gin-config==0.5.0",
+    "seqio==0.0.20",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "sentencepiece==0.2.3",
+    "numpy==2.4.6",
+    "protobuf==7.36.2",
+    "safetensors==0.8.0",
+]
+
+# Reference implementations for parity tests (PyTorch CPU wheel: torch==2.13.0).
+TEST = [
+    "torch==2.13.0",
+    "transformers==5.23.0",
+    "peft",
+    "pytest",
+]
+
+setuptools.setup(
+    name="moe-jax",
+    version="0.1.0",
+    description="Mixture-of-experts PEFT (MoV, MoLoRA, MOELoRA, MiLoRA, MoA) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["moe_jax", "moe_jax.*", "tasks", "tasks.*"]),
+    python_requires=">=3.10",
+    install_requires=RUNTIME,
+    extras_require={"test": TEST},
+    license="Apache-2.0",
+)
