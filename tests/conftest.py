@@ -9,5 +9,3 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 
-def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: long-running; excluded from the default run")
