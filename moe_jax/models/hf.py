@@ -44,7 +44,7 @@ _GENERIC_FIELDS = {
     "top_k", "top_p", "repetition_penalty", "chunk_size_feed_forward", "is_encoder_decoder",
     "is_decoder", "add_cross_attention", "tie_encoder_decoder", "bos_token_id", "sep_token_id",
     "pruned_heads", "output_past", "classifier_dropout", "attention_dropout", "pretraining_tp",
-    "quantization_config_none", "_attn_implementation_autoset",
+    "n_positions", "_attn_implementation_autoset",
 }
 
 

@@ -140,3 +140,13 @@ def test_save_does_not_clobber_without_overwrite(t5_dir, tmp_path):
   assert os.listdir(target) == ["keep.txt"]
   save_hf_checkpoint(model, params, target, overwrite=True)
   assert sorted(os.listdir(target)) == ["config.json", "model.safetensors"]
+
+
+def test_real_t5_small_config_is_understood():
+  """The shipped t5-small config.json (transformers 4.44 era) maps to our preset."""
+  import dataclasses
+  from moe_jax import paths
+  from moe_jax.models import get_preset
+  f = os.path.join(paths.data_dir(), "t5_vocab", "config.json")
+  cfg = hf.config_from_hf(json.load(open(f)), f, "float32", "float32")
+  assert dataclasses.replace(cfg, dropout_rate=0.0) == get_preset("t5_small")
