@@ -40,6 +40,12 @@ def cross_entropy(logits, targets, weights, z_loss: float):
   return xent, z_loss * jnp.square(log_z) * weights
 
 
+def _dummy_context(batch_size):
+  """Ids that task/domain-conditioned adapters need to initialise."""
+  z = jnp.zeros((batch_size,), jnp.int32)
+  return {"task_id": z, "domain_id": z}
+
+
 def sum_collection(tree) -> jax.Array:
   leaves = jax.tree_util.tree_leaves(tree)
   return sum((jnp.sum(x) for x in leaves), jnp.zeros((), jnp.float32))
@@ -193,7 +199,8 @@ class EncoderDecoderModel(BaseModel):
 
   def _dummy_batch(self, batch_size=1, length=4):
     z = jnp.ones((batch_size, length), jnp.int32)
-    return {"encoder_input_tokens": z, "decoder_input_tokens": z, "decoder_target_tokens": z}
+    return {"encoder_input_tokens": z, "decoder_input_tokens": z, "decoder_target_tokens": z,
+            **_dummy_context(batch_size)}
 
   def _module_kwargs(self, batch):
     return dict(encoder_input_tokens=batch["encoder_input_tokens"],
@@ -210,21 +217,26 @@ class EncoderDecoderModel(BaseModel):
     encoded = self.module.apply({"params": params}, enc_tokens, features, method="encode")
     cache_len = max_decode_length + 1  # the loop feeds one token past the last output
 
-    def decode(variables, tokens, positions):
+    def decode(variables, tokens, positions, prefill=False):
       return self.module.apply(variables, encoded, enc_tokens, tokens, features,
-                               decoder_positions=positions, decode=True, mutable=["cache"],
-                               method="decode")
+                               decoder_positions=positions, decode=True, prefill=prefill,
+                               mutable=["cache"], method="decode")
 
     zeros = jnp.zeros((n, cache_len), jnp.int32)
-    _, init = decode({"params": params}, zeros, jnp.broadcast_to(jnp.arange(cache_len), (n, cache_len)))
+    _, init = decode({"params": params}, zeros, jnp.broadcast_to(jnp.arange(cache_len), (n, cache_len)),
+                     prefill=True)
     cache = jax.tree_util.tree_map(jnp.zeros_like, init["cache"])
 
-    def step_fn(cache, tokens, positions):
-      logits, new = decode({"params": params, "cache": cache}, tokens[:, None], positions[:, None])
+    def step_fn(cache, tokens, positions, prefill=False):
+      logits, new = decode({"params": params, "cache": cache}, tokens[:, None], positions[:, None],
+                           prefill)
       return jax.nn.log_softmax(logits[:, 0], axis=-1), new["cache"]
 
     start = jnp.zeros((n,), jnp.int32)
-    first_lp, cache = step_fn(cache, jnp.full((n,), self.config.decoder_start_id, jnp.int32), start)
+    # The first step (decoder start token) is the prompt pass: the encoder
+    # output is complete, so per-example decisions are made here, once.
+    first_lp, cache = step_fn(cache, jnp.full((n,), self.config.decoder_start_id, jnp.int32), start,
+                              prefill=True)
     return step_fn, cache, first_lp, start + 1
 
 
@@ -239,7 +251,7 @@ class DecoderOnlyModel(BaseModel):
 
   def _dummy_batch(self, batch_size=1, length=4):
     z = jnp.ones((batch_size, length), jnp.int32)
-    return {"decoder_input_tokens": z, "decoder_target_tokens": z}
+    return {"decoder_input_tokens": z, "decoder_target_tokens": z, **_dummy_context(batch_size)}
 
   def _module_kwargs(self, batch):
     tokens = batch["decoder_input_tokens"]
@@ -265,18 +277,22 @@ class DecoderOnlyModel(BaseModel):
     features = context_features(batch)
     cache_len = prompt_len + max_decode_length + 1
 
-    def run(variables, tokens, positions):
+    def run(variables, tokens, positions, token_mask=None, prefill=False):
+      if token_mask is None:
+        token_mask = jnp.ones(tokens.shape, bool)
       return self.module.apply(variables, tokens, features, decoder_positions=positions,
-                               token_mask=jnp.ones(tokens.shape, bool), decode=True,
+                               token_mask=token_mask, decode=True, prefill=prefill,
                                mutable=["cache"])
 
     full = jnp.broadcast_to(jnp.arange(cache_len), (n, cache_len))
-    _, init = run({"params": params}, jnp.zeros((n, cache_len), jnp.int32), full)
+    _, init = run({"params": params}, jnp.zeros((n, cache_len), jnp.int32), full, prefill=True)
     cache = jax.tree_util.tree_map(jnp.zeros_like, init["cache"])
     # Prefill: the whole right-padded prompt at once; positions past an
     # example's length hold junk keys that its generated tokens overwrite.
+    prompt_mask = jnp.arange(prompt_len)[None] < lengths[:, None]
     logits, new = run({"params": params, "cache": cache}, prompt,
-                      jnp.broadcast_to(jnp.arange(prompt_len), (n, prompt_len)))
+                      jnp.broadcast_to(jnp.arange(prompt_len), (n, prompt_len)), prompt_mask,
+                      prefill=True)
     last = jnp.take_along_axis(logits, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
 
     def step_fn(cache, tokens, positions):

@@ -57,14 +57,17 @@ class DecoderOnlyTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, decoder_input_tokens, features=None, *, decoder_segment_ids=None,
-               decoder_positions=None, token_mask=None, deterministic=True, decode=False):
+               decoder_positions=None, token_mask=None, deterministic=True, decode=False,
+               prefill=False):
+    """`decode=True` uses the KV cache; `prefill=True` marks the prompt pass."""
     c = self.config
     dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     batch, length = decoder_input_tokens.shape
     if token_mask is None:
       token_mask = jnp.ones((batch, length), bool)
     ctx = sites.AdapterContext(features=dict(features or {}), token_mask=token_mask,
-                               deterministic=deterministic, decode=decode)
+                               deterministic=deterministic,
+                               decode_phase=("prefill" if prefill else "step") if decode else None)
     hook = self.adapters.model_hook(name="model_hook")
     if hook is not None:
       ctx = ctx.replace(model_state=hook(ctx))

@@ -27,6 +27,7 @@ from moe_jax.models import safetensors_io
 from moe_jax.models.api import BaseModel, build_model
 from moe_jax.models.configs import DecoderConfig, ModelConfig, T5Config
 from moe_jax.peft import sites
+from moe_jax.peft.trainable import is_adapter_path
 
 
 class CheckpointError(ValueError):
@@ -386,18 +387,13 @@ def _check_against_model(model: BaseModel, params, where: str):
   """The table and the Flax module must agree on every backbone parameter."""
   shapes = traverse_util.flatten_dict(nn.unbox(model.abstract_variables()["params"]))
   ours = traverse_util.flatten_dict(params)
-  backbone = {k: v for k, v in shapes.items() if not _is_adapter_path(k)}
+  backbone = {k: v for k, v in shapes.items() if not is_adapter_path(k)}
   if set(backbone) != set(ours):
     raise CheckpointError(f"{where}: internal mapping mismatch: "
                           f"{sorted(set(backbone) ^ set(ours))[:5]}")
   for k, v in ours.items():
     if tuple(v.shape) != tuple(backbone[k].shape):
       raise CheckpointError(f"{where}: internal shape mismatch at {'/'.join(k)}")
-
-
-def _is_adapter_path(path: tuple[str, ...]) -> bool:
-  return any(p.endswith("_adapter") or p in ("layer_hook", "model_hook", "adapter_model_hook")
-             for p in path)
 
 
 # ---------------------------------------------------------------------------

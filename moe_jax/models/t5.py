@@ -189,26 +189,30 @@ class T5Transformer(nn.Module):
     self.decoder = Decoder(cfg, self.adapters, self.token_embedder)
     self.adapter_model_hook = self.adapters.model_hook(name=None)
 
-  def _context(self, features, token_mask, deterministic, decode):
+  def _context(self, features, token_mask, deterministic, decode_phase=None):
     ctx = sites.AdapterContext(features=dict(features or {}), token_mask=token_mask,
-                               deterministic=deterministic, decode=decode)
+                               deterministic=deterministic, decode_phase=decode_phase)
     if self.adapter_model_hook is not None:
       ctx = ctx.replace(model_state=self.adapter_model_hook(ctx))
     return ctx
 
   def encode(self, encoder_input_tokens, features=None, *, encoder_segment_ids=None,
              deterministic=True):
-    ctx = self._context(features, encoder_input_tokens > 0, deterministic, False)
+    ctx = self._context(features, encoder_input_tokens > 0, deterministic)
     return self.encoder(encoder_input_tokens, ctx, encoder_segment_ids)
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, features=None, *,
              decoder_target_tokens=None, encoder_segment_ids=None, decoder_segment_ids=None,
-             decoder_positions=None, deterministic=True, decode=False):
+             decoder_positions=None, deterministic=True, decode=False, prefill=False):
+    """`decode=True` runs one cached step; `prefill=True` marks the first one,
+    where per-example decisions (e.g. MiLoRA routing) are made and cached."""
     if decode or decoder_target_tokens is None:
       token_mask = jnp.ones(decoder_input_tokens.shape, bool)
     else:
       token_mask = decoder_target_tokens > 0
-    ctx = self._context(features, token_mask, deterministic, decode)
+    ctx = self._context(features, token_mask, deterministic,
+                        ("prefill" if prefill else "step") if decode else None)
+    ctx = ctx.replace(encoded_mask=encoder_input_tokens > 0)
     return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens, ctx,
                         decoder_target_tokens=decoder_target_tokens,
                         encoder_segment_ids=encoder_segment_ids,

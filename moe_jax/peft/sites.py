@@ -13,6 +13,8 @@ Module signatures a method implements:
 
 Auxiliary training losses are sown into the `AUX_LOSS_COLLECTION` collection
 (already weighted); router statistics for logging into `ROUTER_STATS_COLLECTION`.
+Variables a method keeps in the 'cache' collection must have the batch as
+their leading axis (beam search reorders the cache along it).
 """
 from __future__ import annotations
 
@@ -72,10 +74,18 @@ class AdapterContext:
   """Per-example context shared by every site of one forward pass."""
   features: dict[str, jax.Array]  # task_id, domain_id, routing_embedding, ...
   token_mask: Optional[jax.Array] = None  # [B, T] non-pad mask of the current stack
+  encoded_mask: Optional[jax.Array] = None  # [B, S] encoder mask (T5 decoder only)
   model_state: Any = None  # output of the model hook
   layer_state: Any = None  # output of the current layer's hook
   deterministic: bool = flax.struct.field(pytree_node=False, default=True)
-  decode: bool = flax.struct.field(pytree_node=False, default=False)
+  # None: no KV cache. "prefill": the prompt pass of cached decoding (per-example
+  # decisions are computed and stored in the 'cache' collection); "step": a
+  # decoding step (stored decisions are reused, never recomputed).
+  decode_phase: Optional[str] = flax.struct.field(pytree_node=False, default=None)
+
+  @property
+  def decode(self) -> bool:
+    return self.decode_phase is not None
 
 
 class Adapters:
@@ -105,6 +115,23 @@ class Adapters:
 
 
 NO_ADAPTERS = Adapters()
+
+
+# The parameter holding each projection site's kernel, relative to the site's module.
+SITE_KERNEL = {"q": "query", "k": "key", "v": "value", "o": "out"}
+
+
+def kernel_name(kind: str) -> str:
+  return SITE_KERNEL.get(kind, kind)
+
+
+def site_token_mask(info: SiteInfo, ctx: AdapterContext):
+  """[B, length] mask of the sequence a site's x and y run over: cross-attention
+  keys/values run over the encoder output, everything else over the stack's own
+  tokens. None when unknown (treat every position as real)."""
+  if info.block == "cross_attention" and info.kind in ("k", "v"):
+    return ctx.encoded_mask
+  return ctx.token_mask
 
 
 def apply_site(adapters: Adapters, info: SiteInfo, x, y, ctx: AdapterContext):

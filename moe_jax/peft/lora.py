@@ -1,0 +1,110 @@
+"""LoRA (Hu et al. 2021): h = W x + (alpha / r) * B A dropout(x), A random, B = 0 (eq. 3).
+
+The low-rank helpers here (`LowRankExperts`) also serve the mixture methods:
+E pairs stored as A [E, *in, r], B [E, r, *out]; a mixture is formed in rank
+space (weight each expert's A_e x, then one matmul with the stacked B), so the
+[batch, length, E, d_out] tensor is never materialised.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moe_jax.peft import sites
+
+ALL_PROJECTIONS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo", "gate", "up", "down")
+A_INITS = ("kaiming_uniform", "gaussian")
+
+
+def a_initializer(kind: str, rank: int, fan_in: int):
+  """peft's defaults: kaiming-uniform(a=sqrt 5), i.e. U(+-1/sqrt(fan_in)); or N(0, 1/r)."""
+  if kind == "kaiming_uniform":
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+  if kind == "gaussian":
+    return nn.initializers.normal(1.0 / rank)
+  raise ValueError(f"lora A init {kind!r}; expected one of {A_INITS}")
+
+
+class LowRankExperts(nn.Module):
+  """E low-rank pairs for one site. `mix(x, weights)` returns sum_e w_e B_e A_e x."""
+  info: sites.SiteInfo
+  num_experts: int
+  rank: int
+  a_init: str = "kaiming_uniform"
+  dropout_rate: float = 0.0
+
+  def setup(self):
+    in_shape, out_shape = self.info.in_shape, self.info.out_shape
+    fan_in = int(np.prod(in_shape))
+    self.lora_a = self.param(
+        "lora_a", nn.with_logical_partitioning(
+            _stacked(a_initializer(self.a_init, self.rank, fan_in)),
+            ("expert",) + self.info.in_axes + ("rank",)),
+        (self.num_experts,) + in_shape + (self.rank,), jnp.float32)
+    self.lora_b = self.param(
+        "lora_b", nn.with_logical_partitioning(nn.initializers.zeros, ("expert", "rank") + self.info.out_axes),
+        (self.num_experts, self.rank) + out_shape, jnp.float32)
+    self.dropout = nn.Dropout(self.dropout_rate)
+
+  def down(self, x: jax.Array, ctx: sites.AdapterContext) -> jax.Array:
+    """x [..., *in] -> rank-space activations [..., E, r]."""
+    n_in = len(self.info.in_shape)
+    x = self.dropout(x, deterministic=ctx.deterministic)
+    flat = x.reshape(x.shape[:-n_in] + (-1,))
+    a = jnp.asarray(self.lora_a, x.dtype).reshape(self.num_experts, -1, self.rank)
+    return jnp.einsum("...f,efr->...er", flat, a)
+
+  def up(self, h: jax.Array) -> jax.Array:
+    """Rank-space [..., E, r] -> [..., *out], summing over experts in one matmul."""
+    b = jnp.asarray(self.lora_b, h.dtype).reshape(self.num_experts * self.rank, -1)
+    out = h.reshape(h.shape[:-2] + (-1,)) @ b
+    return out.reshape(h.shape[:-2] + self.info.out_shape)
+
+  def mix(self, x, weights, ctx):
+    """weights [..., E] broadcastable against x's leading dims; None: sum all."""
+    h = self.down(x, ctx)
+    if weights is not None:
+      h = h * weights[..., None].astype(h.dtype)
+    return self.up(h)
+
+
+def _stacked(init):
+  """Initialise each expert's A independently with the per-expert fan-in."""
+  def wrapped(key, shape, dtype=jnp.float32):
+    keys = jax.random.split(key, shape[0])
+    return jnp.stack([init(k, shape[1:], dtype) for k in keys])
+  return wrapped
+
+
+class LoRASite(nn.Module):
+  info: sites.SiteInfo
+  rank: int
+  alpha: float
+  a_init: str
+  dropout_rate: float
+
+  @nn.compact
+  def __call__(self, x, y, ctx):
+    pair = LowRankExperts(self.info, 1, self.rank, self.a_init, self.dropout_rate, name="pair")
+    return y + (self.alpha / self.rank) * pair.mix(x, None, ctx).astype(y.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRA(sites.Adapters):
+  rank: int = 8
+  alpha: float = 16.0
+  targets: tuple[str, ...] = ("q", "v")  # site kinds (peft's T5/Llama default)
+  dropout_rate: float = 0.0
+  a_init: str = "kaiming_uniform"
+
+  def site(self, info, name):
+    if info.kind not in self.targets:
+      return None
+    return LoRASite(info, self.rank, self.alpha, self.a_init, self.dropout_rate, name=name)

@@ -1,0 +1,62 @@
+"""MoLoRA, mixture of LoRA experts (Zadouri et al. 2023, Sec. 2.2).
+
+Each site holds E LoRA pairs (rank r, scale alpha/r) and a router that reads
+the site's input; the output adds (alpha/r) * sum_e p_e B_e A_e x, computed in
+rank space (see lora.LowRankExperts). Default placement as the released code:
+q, k, v, o of every attention and the first FFN input projection and the FFN
+output projection (T5 v1.1 wi_0 and wo; T5 1.0 wi and wo; Llama gate and down).
+"""
+import dataclasses
+
+import flax.linen as nn
+
+from moe_jax.peft import sites
+from moe_jax.peft.lora import LowRankExperts
+from moe_jax.peft.routers import Router, RouterConfig
+
+MOLORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi", "wo", "gate", "down")
+
+
+class MoLoRASite(nn.Module):
+  info: sites.SiteInfo
+  router: RouterConfig
+  rank: int
+  alpha: float
+  a_init: str
+  dropout_rate: float
+
+  @nn.compact
+  def __call__(self, x, y, ctx):
+    n_in = len(self.info.in_shape)
+    router_input = x.reshape(x.shape[:-n_in] + (-1,))  # o: heads x d_kv flattened
+    mask = sites.site_token_mask(self.info, ctx)
+    probs = Router(self.router, name="router")(router_input, ctx, mask)  # [B, T, E]
+    experts = LowRankExperts(self.info, self.router.num_experts, self.rank, self.a_init,
+                             self.dropout_rate, name="experts")
+    return y + (self.alpha / self.rank) * experts.mix(x, probs, ctx).astype(y.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class MoLoRA(sites.Adapters):
+  num_experts: int = 10
+  rank: int = 4
+  alpha: float = 4.0
+  targets: tuple[str, ...] = MOLORA_TARGETS
+  routing: str = "token"
+  top_k: int | None = None
+  renormalize: bool = True
+  jitter_noise: float = 0.0
+  load_balance_weight: float = 0.0
+  z_loss_weight: float = 0.0
+  dropout_rate: float = 0.0
+  a_init: str = "kaiming_uniform"
+
+  def router_config(self) -> RouterConfig:
+    return RouterConfig(self.num_experts, self.routing, self.top_k, self.renormalize,
+                        self.jitter_noise, self.load_balance_weight, self.z_loss_weight)
+
+  def site(self, info, name):
+    if info.kind not in self.targets:
+      return None
+    return MoLoRASite(info, self.router_config(), self.rank, self.alpha, self.a_init,
+                      self.dropout_rate, name=name)

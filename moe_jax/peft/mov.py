@@ -1,0 +1,59 @@
+"""MoV, mixture of (IA)3 vectors (Zadouri et al. 2023, Sec. 2.2, eq. 1-2).
+
+Each site holds E (IA)3 vectors l_e (initialised to ones) and a router;
+soft merging forms l = sum_e p_e l_e and applies y * l. As in the released
+code, the router reads the activation being adapted: for keys/values its
+kernel is (d_kv, E), shared across heads, so every head of every token gets
+its own mixture; the FFN router reads the d_ff intermediate.
+"""
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from moe_jax.peft import sites
+from moe_jax.peft.ia3 import IA3_TARGETS
+from moe_jax.peft.routers import Router, RouterConfig
+
+
+class MoVSite(nn.Module):
+  info: sites.SiteInfo
+  router: RouterConfig
+
+  @nn.compact
+  def __call__(self, x, y, ctx):
+    e = self.router.num_experts
+    vectors = self.param("experts", nn.with_logical_partitioning(nn.initializers.ones,
+                                                                 ("expert",) + self.info.out_axes),
+                         (e,) + self.info.out_shape, jnp.float32)
+    # k/v: y [B, T, H, D] -> probs [B, T, H, E]; FFN: y [B, T, F] -> [B, T, E]
+    probs = Router(self.router, name="router")(y, ctx, sites.site_token_mask(self.info, ctx))
+    spec = "bthe,ehd->bthd" if len(self.info.out_shape) == 2 else "bte,ef->btf"
+    if self.router.top_k is None or self.router.renormalize:
+      # Probabilities sum to one, so sum_e p_e l_e = 1 + sum_e p_e (l_e - 1);
+      # this form makes the untrained model (all l_e = 1) the backbone exactly.
+      merged = 1.0 + jnp.einsum(spec, probs, vectors - 1.0)
+    else:
+      merged = jnp.einsum(spec, probs, vectors)
+    return y * merged.astype(y.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class MoV(sites.Adapters):
+  num_experts: int = 10
+  targets: tuple[str, ...] = IA3_TARGETS
+  routing: str = "token"
+  top_k: int | None = None
+  renormalize: bool = True
+  jitter_noise: float = 0.0
+  load_balance_weight: float = 0.0
+  z_loss_weight: float = 0.0
+
+  def router_config(self) -> RouterConfig:
+    return RouterConfig(self.num_experts, self.routing, self.top_k, self.renormalize,
+                        self.jitter_noise, self.load_balance_weight, self.z_loss_weight)
+
+  def site(self, info, name):
+    if info.kind not in self.targets:
+      return None
+    return MoVSite(info, self.router_config(), name=name)

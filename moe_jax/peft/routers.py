@@ -1,0 +1,136 @@
+"""Softmax routers shared by the mixture methods (MoV, MoLoRA, MiLoRA).
+
+A router is a bias-free dense layer (kernel ~ N(0, 0.02)) computed in float32
+whatever the model dtype, followed by a softmax over experts (Zadouri et al.
+2023, Sec. 2.2). Options: routing per token (the released MoV code: the router
+reads the activation being adapted), per sentence (mean over non-pad tokens) or
+from a provided `routing_embedding` feature; top-k with or without
+renormalising the kept probabilities; multiplicative jitter noise on the router
+input during training; Switch-Transformer load-balancing loss
+E * sum_e f_e P_e (Fedus et al. 2021, eq. 4) and router z-loss
+mean(logsumexp(logits)^2) (Zoph et al. 2022, eq. 5), each sown with its own
+weight (0 by default, as the released code).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moe_jax.peft import sites
+
+ROUTING_MODES = ("token", "sentence", "embedding")
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterConfig:
+  num_experts: int
+  routing: str = "token"
+  top_k: Optional[int] = None  # None: soft merge over all experts
+  renormalize: bool = True  # after top-k, rescale the kept probabilities to sum to 1
+  jitter_noise: float = 0.0
+  load_balance_weight: float = 0.0
+  z_loss_weight: float = 0.0
+
+  def __post_init__(self):
+    if self.routing not in ROUTING_MODES:
+      raise ValueError(f"routing={self.routing!r}; expected one of {ROUTING_MODES}")
+    if self.top_k is not None and not 1 <= self.top_k <= self.num_experts:
+      raise ValueError(f"top_k={self.top_k} must be in [1, num_experts={self.num_experts}]")
+
+
+def top_k_mask(probs: jax.Array, k: int) -> jax.Array:
+  """1 on exactly the k largest entries of the last axis (ties broken by index)."""
+  _, idx = jax.lax.top_k(probs, k)
+  return jnp.sum(jax.nn.one_hot(idx, probs.shape[-1], dtype=probs.dtype), axis=-2)
+
+
+def select_top_k(probs: jax.Array, k: Optional[int], renormalize: bool) -> jax.Array:
+  if k is None or k == probs.shape[-1]:
+    return probs
+  kept = probs * top_k_mask(probs, k)
+  if renormalize:
+    kept = kept / jnp.sum(kept, axis=-1, keepdims=True)
+  return kept
+
+
+def load_balance_loss(probs: jax.Array, weights: jax.Array) -> jax.Array:
+  """Switch loss E * sum_e f_e P_e over routed items [N, E] with weights [N]."""
+  num_experts = probs.shape[-1]
+  total = jnp.maximum(jnp.sum(weights), 1.0)
+  top1 = jax.nn.one_hot(jnp.argmax(probs, -1), num_experts)
+  f = jnp.sum(top1 * weights[:, None], 0) / total
+  p = jnp.sum(probs * weights[:, None], 0) / total
+  return num_experts * jnp.sum(f * p)
+
+
+def router_z_loss(logits: jax.Array, weights: jax.Array) -> jax.Array:
+  z = jax.nn.logsumexp(logits, axis=-1)
+  return jnp.sum(jnp.square(z) * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _masked_mean_over_tokens(x, token_mask):
+  """x [B, T, ...F], mask [B, T] -> [B, ...F]."""
+  m = token_mask.astype(jnp.float32).reshape(token_mask.shape + (1,) * (x.ndim - 2))
+  return jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
+class Router(nn.Module):
+  """Routes the items of `x` [B, T, ..., F] (F: the router's input features).
+
+  Returns probabilities [B, T, ..., E] (after top-k). Token routing gives every
+  (token, ...) its own mixture; sentence/embedding routing give one mixture per
+  example, broadcast over tokens.
+  """
+  config: RouterConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, ctx: sites.AdapterContext,
+               token_mask: Optional[jax.Array] = None) -> jax.Array:
+    """`token_mask` [B, T] marks x's real tokens (default: all)."""
+    cfg = self.config
+    batch, length = x.shape[:2]
+    if token_mask is None:
+      token_mask = jnp.ones((batch, length), bool)
+    inputs = x.astype(jnp.float32)
+    if cfg.routing == "sentence":
+      inputs = _masked_mean_over_tokens(inputs, token_mask)[:, None]
+    elif cfg.routing == "embedding":
+      if "routing_embedding" not in ctx.features:
+        raise KeyError("routing='embedding' needs a 'routing_embedding' batch feature [B, D]")
+      emb = ctx.features["routing_embedding"].astype(jnp.float32)
+      inputs = emb.reshape((batch, 1) + (1,) * (x.ndim - 3) + emb.shape[-1:])
+    if cfg.jitter_noise > 0 and not ctx.deterministic:
+      noise = jax.random.uniform(self.make_rng("dropout"), inputs.shape, jnp.float32,
+                                 1.0 - cfg.jitter_noise, 1.0 + cfg.jitter_noise)
+      inputs = inputs * noise
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                               ("router_in", "expert")),
+                        (inputs.shape[-1], cfg.num_experts), jnp.float32)
+    logits = inputs @ kernel
+    probs = jax.nn.softmax(logits, axis=-1)
+    self._losses_and_stats(logits, probs, token_mask)
+    kept = select_top_k(probs, cfg.top_k, cfg.renormalize)
+    return jnp.broadcast_to(kept, x.shape[:-1] + (cfg.num_experts,))
+
+  def _losses_and_stats(self, logits, probs, token_mask):
+    cfg = self.config
+    batch = probs.shape[0]
+    per_token = probs.shape[1] != 1 or token_mask.shape[1] == 1
+    m = token_mask.astype(jnp.float32) if per_token else jnp.ones((batch, 1), jnp.float32)
+    m = jnp.broadcast_to(m.reshape(m.shape + (1,) * (probs.ndim - 3)), probs.shape[:-1])
+    flat_p, flat_l, flat_m = (probs.reshape(-1, cfg.num_experts), logits.reshape(-1, cfg.num_experts),
+                              m.reshape(-1))
+    if cfg.load_balance_weight > 0:
+      self.sow(sites.AUX_LOSS_COLLECTION, "load_balance",
+               cfg.load_balance_weight * load_balance_loss(flat_p, flat_m))
+    if cfg.z_loss_weight > 0:
+      self.sow(sites.AUX_LOSS_COLLECTION, "router_z_loss", cfg.z_loss_weight * router_z_loss(flat_l, flat_m))
+    if self.is_mutable_collection(sites.ROUTER_STATS_COLLECTION):
+      pm = m.reshape(batch, -1)
+      pp = probs.reshape(batch, -1, cfg.num_experts)
+      per_example = jnp.sum(pp * pm[..., None], 1) / jnp.maximum(jnp.sum(pm, 1), 1.0)[:, None]
+      self.sow(sites.ROUTER_STATS_COLLECTION, "expert_probs", per_example)  # [B, E]

@@ -1,0 +1,145 @@
+"""Closed-form identities that hold iff each method is implemented as its paper says."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_jax.models import build_model
+from moe_jax.peft import IA3, LoRA, MOELoRA, MiLoRA, MoA, MoLoRA, MoV
+from tests.peft import common
+
+METHODS = {
+    "ia3": IA3(), "lora": LoRA(rank=4), "mov": MoV(num_experts=3), "molora": MoLoRA(num_experts=3),
+    "moelora": MOELoRA(num_experts=2, rank=4, num_tasks=3, task_dim=5),
+    "milora": MiLoRA(rank=2, top_k=2), "moa": MoA(domains=("a", "b", "c"), rank=2),
+}
+
+
+@pytest.fixture(scope="module")
+def base():
+  out = {}
+  for family in ("t5", "llama"):
+    model, params = common.make(family, METHODS["ia3"])
+    backbone = common.backbone_only(params)
+    plain = build_model(common.CONFIGS[family])
+    out[family] = (backbone, np.asarray(plain.compute_logits(backbone, common.batch(family))))
+  return out
+
+
+@pytest.mark.parametrize("family", ["t5", "llama"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_adapted_model_equals_backbone_at_init(base, family, method):
+  model, params = common.make(family, METHODS[method])
+  backbone, expected = base[family]
+  # The adapter init does not disturb the backbone's own initialisation...
+  jax.tree_util.tree_map(np.testing.assert_array_equal, common.backbone_only(params), backbone)
+  # ...and leaves the function unchanged, bit for bit.
+  np.testing.assert_array_equal(np.asarray(model.compute_logits(params, common.batch(family))), expected)
+  # The adapters do exist (otherwise this test would be vacuous).
+  assert any(common.flat(params).keys() - common.flat(backbone).keys())
+
+
+def test_mov_with_one_expert_is_ia3():
+  mov, mov_params = common.make("t5", MoV(num_experts=1))
+  mov_params = common.perturb_adapters(mov_params, seed=1)
+  ia3 = build_model(common.T5_TINY, IA3())
+  flat = {}
+  for k, v in common.flat(mov_params).items():
+    if k[-1] == "experts":  # the single expert's vector becomes the (IA)3 vector
+      flat[k[:-1] + ("scale",)] = v[0]
+    elif "router" not in k:  # a softmax over one expert is 1 whatever the router
+      flat[k] = v
+  from flax import traverse_util
+  ia3_params = traverse_util.unflatten_dict(flat)
+  b = common.batch("t5")
+  np.testing.assert_allclose(mov.compute_logits(mov_params, b), ia3.compute_logits(ia3_params, b), atol=1e-5)
+
+
+def test_molora_with_one_expert_is_lora():
+  targets = ("q", "k", "v", "o", "wi_0", "wo")
+  mol, mol_params = common.make("llama", MoLoRA(num_experts=1, rank=3, alpha=6.0, targets=targets + ("gate", "down")))
+  mol_params = common.perturb_adapters(mol_params, seed=2)
+  lora = build_model(common.LLAMA_TINY, LoRA(rank=3, alpha=6.0, targets=targets + ("gate", "down")))
+  lora_params = common.rename(mol_params, lambda k: None if "router" in k else
+                              tuple("pair" if p == "experts" else p for p in k))
+  b = common.batch("llama")
+  np.testing.assert_allclose(mol.compute_logits(mol_params, b), lora.compute_logits(lora_params, b),
+                             atol=1e-5)
+
+
+def test_moelora_dense_equals_lora_with_diagonal_expert_weights():
+  """sum_i w_i B_i A_i = B diag(w kron 1_{r/N}) A: one rank-r LoRA per task."""
+  n, r = 4, 8
+  method = MOELoRA(num_experts=n, rank=r, alpha=16.0, num_tasks=3, task_dim=5, targets=("q", "v", "wo"))
+  model, params = common.make("t5", method)
+  params = common.perturb_adapters(params, seed=3)
+  b = common.batch("t5")
+  w = method.gate().apply({"params": params["adapter_model_hook"]}, b["task_id"], method="weights")
+  np.testing.assert_allclose(np.sum(w, -1), 1.0, rtol=1e-6)
+  lora = build_model(common.T5_TINY, LoRA(rank=r, alpha=16.0, targets=("q", "v", "wo")))
+  got = model.compute_logits(params, b)
+  for row, task in enumerate(np.asarray(b["task_id"])):
+    diag = jnp.repeat(w[row], r // n)  # w kron 1_{r/N}
+
+    def to_lora(k):
+      if k[0] == "adapter_model_hook":
+        return None
+      return tuple("pair" if p == "experts" else p for p in k)
+    lp = common.flat(common.rename(params, to_lora))
+    for k in list(lp):
+      if k[-1] == "lora_a":  # [N, *in, r/N] -> [1, *in, r]: concatenate experts along rank
+        a = lp[k]
+        lp[k] = jnp.moveaxis(a, 0, -2).reshape(a.shape[1:-1] + (r,))[None]
+      if k[-1] == "lora_b":  # [N, r/N, *out] -> [1, r, *out], scaled by diag
+        bb = lp[k].reshape((r,) + lp[k].shape[2:])
+        lp[k] = (bb * diag.reshape((r,) + (1,) * (bb.ndim - 1)))[None]
+    from flax import traverse_util
+    out = lora.compute_logits(traverse_util.unflatten_dict(lp), b)
+    np.testing.assert_allclose(got[row], out[row], atol=1e-5)
+
+
+def test_moelora_merge_task_matches_adapted_model_on_every_task():
+  method = MOELoRA(num_experts=2, rank=4, num_tasks=3, task_dim=5)
+  model, params = common.make("llama", method)
+  params = common.perturb_adapters(params, seed=4)
+  b = common.batch("llama")  # rows have tasks 0, 1, 2: one batch mixes tasks
+  adapted = np.asarray(model.compute_logits(params, b))
+  plain = build_model(common.LLAMA_TINY)
+  for task in range(3):
+    merged = method.merge_task(params, task)
+    assert set(common.flat(merged)) == set(common.flat(common.backbone_only(params)))
+    rows = np.asarray(b["task_id"]) == task
+    np.testing.assert_allclose(np.asarray(plain.compute_logits(merged, b))[rows], adapted[rows], atol=1e-5)
+  sparse = dataclasses.replace(method, top_k=1)
+  sp_model = build_model(common.LLAMA_TINY, sparse)
+  merged = sparse.merge_task(params, 1)
+  np.testing.assert_allclose(plain.compute_logits(merged, b)[1], sp_model.compute_logits(params, b)[1],
+                             atol=1e-5)
+
+
+def test_milora_with_all_modules_and_no_scaling_is_lora():
+  targets = ("q", "k", "v", "o", "gate", "up", "down")
+  mi, mi_params = common.make("llama", MiLoRA(rank=2, alpha=4.0, top_k=7, scale_by_prob=False, targets=targets))
+  mi_params = common.perturb_adapters(mi_params, seed=5)
+  lora = build_model(common.LLAMA_TINY, LoRA(rank=2, alpha=4.0, targets=targets))
+  lora_params = common.rename(mi_params, lambda k: None if "layer_hook" in k else k)
+  b = common.batch("llama")
+  np.testing.assert_allclose(mi.compute_logits(mi_params, b), lora.compute_logits(lora_params, b), atol=1e-5)
+
+
+def test_moa_given_domain_equals_that_domains_lora_alone():
+  moa = MoA(domains=("a", "b", "c"), rank=2, targets=("q", "v", "wi_0", "wo"))
+  model, params = common.make("t5", moa)
+  params = common.perturb_adapters(params, seed=6)
+  lora = build_model(common.T5_TINY, LoRA(rank=2, alpha=16.0, targets=("q", "v", "wi_0", "wo")))
+  b = common.batch("t5")
+  got = np.asarray(model.compute_logits(params, b))
+  for d, name in enumerate(moa.domains):
+    def keep(k, name=name):
+      if "layer_hook" in k or any(p in ("a", "b", "c") and p != name for p in k):
+        return None
+      return tuple("pair" if p == name else p for p in k)
+    alone = np.asarray(lora.compute_logits(common.rename(params, keep), b))
+    np.testing.assert_allclose(got[d], alone[d], atol=1e-5)
