@@ -258,7 +258,9 @@ class DecoderOnlyModel(BaseModel):
     return dict(decoder_input_tokens=tokens, features=context_features(batch),
                 decoder_segment_ids=batch.get("decoder_segment_ids"),
                 decoder_positions=batch.get("decoder_positions"),
-                token_mask=tokens != self.config.pad_id)
+                token_mask=tokens != self.config.pad_id,
+                prompt_mask=(batch["decoder_causal_attention"] > 0
+                             if "decoder_causal_attention" in batch else None))
 
   def _loss_weights(self, batch):
     weights = super()._loss_weights(batch)
@@ -281,8 +283,8 @@ class DecoderOnlyModel(BaseModel):
       if token_mask is None:
         token_mask = jnp.ones(tokens.shape, bool)
       return self.module.apply(variables, tokens, features, decoder_positions=positions,
-                               token_mask=token_mask, decode=True, prefill=prefill,
-                               mutable=["cache"])
+                               token_mask=token_mask, prompt_mask=token_mask, decode=True,
+                               prefill=prefill, mutable=["cache"])
 
     full = jnp.broadcast_to(jnp.arange(cache_len), (n, cache_len))
     _, init = run({"params": params}, jnp.zeros((n, cache_len), jnp.int32), full, prefill=True)

@@ -29,13 +29,13 @@ class DecoderOnlyLayer(nn.Module):
   layer: int = 0
 
   @nn.compact
-  def __call__(self, x, ctx: sites.AdapterContext, *, mask, positions, decode):
+  def __call__(self, x, ctx: sites.AdapterContext, *, mask, positions, decode, prompt_mask):
     c = self.config
     dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     path = f"decoder/layer_{self.layer}"
     info = sites.LayerInfo(path=path, stack="decoder", layer=self.layer, num_layers=c.num_layers,
                            d_model=c.d_model, site_kinds=_LAYER_KINDS)
-    ctx = sites.apply_layer_hook(self.adapters, info, sites.LayerInput(x, ctx.token_mask), ctx)
+    ctx = sites.apply_layer_hook(self.adapters, info, sites.LayerInput(x, prompt_mask), ctx)
     drop = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
     h = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="pre_self_attention_layer_norm")(x)
     h = Attention(num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.kv_dim,
@@ -57,9 +57,13 @@ class DecoderOnlyTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, decoder_input_tokens, features=None, *, decoder_segment_ids=None,
-               decoder_positions=None, token_mask=None, deterministic=True, decode=False,
-               prefill=False):
-    """`decode=True` uses the KV cache; `prefill=True` marks the prompt pass."""
+               decoder_positions=None, token_mask=None, prompt_mask=None, deterministic=True,
+               decode=False, prefill=False):
+    """`decode=True` uses the KV cache; `prefill=True` marks the prompt pass.
+
+    `prompt_mask` [B, T] marks the prompt (inputs) part; per-layer hooks that
+    decide per prompt (MiLoRA, MoA) see only it. Default: every real token.
+    """
     c = self.config
     dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     batch, length = decoder_input_tokens.shape
@@ -84,7 +88,8 @@ class DecoderOnlyTransformer(nn.Module):
       mask = masks.causal_mask(length) & masks.segment_mask(decoder_segment_ids, decoder_segment_ids)
     for i in range(c.num_layers):
       x = DecoderOnlyLayer(c, self.adapters, layer=i, name=f"layers_{i}")(
-          x, ctx, mask=mask, positions=decoder_positions, decode=decode)
+          x, ctx, mask=mask, positions=decoder_positions, decode=decode,
+          prompt_mask=token_mask if prompt_mask is None else prompt_mask)
     x = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="decoder_norm")(x)
     x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     if c.tie_word_embeddings:

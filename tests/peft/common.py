@@ -17,7 +17,7 @@ CONFIGS = {"t5": T5_TINY, "llama": LLAMA_TINY}
 def batch(family: str):
   if family == "t5":
     return {"encoder_input_tokens": jnp.array([[5, 6, 7, 8, 1], [9, 10, 1, 0, 0], [11, 12, 13, 1, 0]]),
-            "decoder_input_tokens": jnp.array([[0, 4, 5, 6], [0, 7, 0, 0], [0, 8, 9, 0]]),
+            "decoder_input_tokens": jnp.array([[0, 4, 5, 6], [0, 7, 1, 0], [0, 8, 9, 1]]),
             "decoder_target_tokens": jnp.array([[4, 5, 6, 1], [7, 1, 0, 0], [8, 9, 1, 0]]),
             "task_id": jnp.array([0, 1, 2]), "domain_id": jnp.array([0, 1, 2])}
   return {"decoder_input_tokens": jnp.array([[5, 6, 7, 8, 9], [10, 11, 0, 0, 0], [12, 13, 14, 0, 0]]),

@@ -1,0 +1,105 @@
+"""MiLoRA and MoA route once per prompt; decoding reuses the decision."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from moe_jax.peft import MiLoRA, MoA
+from moe_jax.peft import moa as moa_lib
+from moe_jax.peft.trainable import frozen_base_optimizer, trainable_mask
+from tests.peft import common
+
+
+def _cached_vs_full(model, params, family):
+  """Teacher-forced cached decoding vs the full forward pass; returns the final cache."""
+  if family == "t5":
+    full_batch = dict(common.batch("t5"))
+    full_batch.pop("decoder_target_tokens")  # no padding mask: decoding sees no padding either
+    prompt = {"encoder_input_tokens": full_batch["encoder_input_tokens"]}
+    fed = np.asarray(common.batch("t5")["decoder_target_tokens"])
+    index = np.zeros(3, np.int32)
+  else:
+    seq = np.array([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16, 17, 18], [19, 20, 21, 22, 23, 24, 25]])
+    lengths = np.array([3, 2, 4])
+    prefix = (np.arange(7)[None] < lengths[:, None]).astype(np.int32)
+    full_batch = {"decoder_input_tokens": jnp.asarray(seq), "decoder_causal_attention": jnp.asarray(prefix)}
+    prompt = {"decoder_input_tokens": jnp.asarray(seq * prefix), "decoder_causal_attention": jnp.asarray(prefix)}
+    fed = np.concatenate([seq[:, 1:], seq[:, :1]], 1)
+    index = lengths - 1
+  full = np.asarray(jax.nn.log_softmax(model.compute_logits(params, full_batch), -1))
+  step_fn, cache, log_probs, start = model._start_decoding(params, prompt, 3)
+  step_fn = jax.jit(step_fn)
+  for i in range(3):
+    np.testing.assert_allclose(np.asarray(log_probs), full[np.arange(3), index + i], atol=1e-4)
+    log_probs, cache = step_fn(cache, jnp.asarray(fed[np.arange(3), index + i]), start + i)
+  return cache
+
+
+@pytest.mark.parametrize("family", ["t5", "llama"])
+def test_milora_cached_decoding_equals_uncached_and_routes_once(family):
+  model, params = common.make(family, MiLoRA(rank=2, top_k=2))
+  params = common.perturb_adapters(params, seed=11)
+  cache = _cached_vs_full(model, params, family)
+  runs = [v for k, v in common.flat(cache).items() if k[-1] == "router_runs"]
+  # One stored decision per decoder layer (T5 encoder layers run once, uncached).
+  assert len(runs) == 2
+  for r in runs:  # prefill ran each router once per example; three steps ran none
+    np.testing.assert_array_equal(r, 1)
+  decisions = [v for k, v in common.flat(cache).items() if k[-1] == "decision"]
+  for d in decisions:  # exactly top_k modules active per example
+    np.testing.assert_array_equal((np.asarray(d) > 0).sum(-1), 2)
+
+
+def test_moa_add_domain_changes_no_existing_parameter():
+  old = MoA(domains=("a", "b"), rank=2, targets=("q", "v", "wo"))
+  model, params = common.make("t5", old)
+  params = common.perturb_adapters(params, seed=12)
+  ext_model, fresh = common.make("t5", MoA(domains=("a", "b", "c"), rank=2, targets=("q", "v", "wo")), seed=5)
+  extended, new_params = old.add_domain(params, fresh, "c")
+  assert extended.domains == ("a", "b", "c")
+  new_flat = common.flat(new_params)
+  for k, v in common.flat(params).items():
+    np.testing.assert_array_equal(new_flat[k], v)
+  added = set(new_flat) - set(common.flat(params))
+  assert added and all("c" in k for k in added)
+  b = dict(common.batch("t5"), domain_id=jnp.array([0, 1, 1]))
+  np.testing.assert_array_equal(ext_model.compute_logits(new_params, b), model.compute_logits(params, b))
+  with pytest.raises(ValueError, match="already present"):
+    extended.add_domain(new_params, fresh, "a")
+
+
+def test_moa_routers_learn_domains_with_frozen_loras_and_vote():
+  moa = MoA(domains=("x", "y"), rank=2, targets=("q", "v"), router_loss_weight=1.0)
+  model, params = common.make("t5", moa)
+  params = common.perturb_adapters(params, seed=13)
+  rng = np.random.RandomState(0)
+  def make_batch(n):
+    dom = rng.randint(0, 2, n)
+    enc = np.where(dom[:, None] == 0, rng.randint(3, 12, (n, 6)), rng.randint(18, 30, (n, 6)))
+    return {"encoder_input_tokens": jnp.asarray(np.concatenate([enc, np.ones((n, 1), int)], 1)),
+            "decoder_input_tokens": jnp.asarray(np.tile([[0, 4, 5]], (n, 1))),
+            "decoder_target_tokens": jnp.asarray(np.tile([[4, 5, 1]], (n, 1))),
+            "domain_id": jnp.asarray(dom)}
+  mask = trainable_mask(params, moa_lib.ROUTER_REGEX)
+  tx = frozen_base_optimizer(optax.adam(0.05), mask)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(p, s, b):
+    g = jax.grad(lambda q: model.loss_fn(q, b, None)[0])(p)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+  trained = params
+  for _ in range(40):
+    trained, state = step(trained, state, make_batch(8))
+  for k, v in common.flat(params).items():  # LoRAs (and the backbone) are untouched
+    if "layer_hook" not in k:
+      np.testing.assert_array_equal(common.flat(trained)[k], v)
+  test = make_batch(6)
+  given = np.asarray(model.compute_logits(trained, test))
+  for rule in ("majority", "last"):
+    routed = moa_lib.route_by_vote(model, trained, {k: v for k, v in test.items() if k != "domain_id"}, rule)
+    np.testing.assert_array_equal(routed["domain_id"], test["domain_id"])
+  per_layer = common.make("t5", MoA(domains=("x", "y"), rank=2, targets=("q", "v"), mode="per_layer"))[0]
+  np.testing.assert_allclose(per_layer.compute_logits(trained, test), given, atol=1e-5)
