@@ -1,9 +1,9 @@
 """MOELoRA (Liu et al. 2023): N LoRA experts of rank r/N per site and ONE
 task-driven gate for the whole model.
 
-Gate (eq. 4-5): w = softmax(W_g E[task]) with a task-embedding table E
+Gate: w = softmax(W_g E[task]) with a task-embedding table E
 (num_tasks x d_T) and W_g (d_T x N, no bias); the sparse variant keeps the
-top-k weights (renormalised). Site output (eq. 3): h = W x + (alpha / r) *
+top-k weights (renormalised). Site output: h = W x + (alpha / r) *
 sum_i w_i B_i A_i x, with r the total rank. `task_id` is a batch feature, so a
 batch may mix tasks.
 
@@ -49,7 +49,7 @@ class TaskGate(nn.Module):
     return self.weights(ctx.features["task_id"])
 
   def weights(self, task_id):
-    """[B] task ids -> [B, N] expert weights (eq. 4-5)."""
+    """[B] task ids -> [B, N] expert weights w = softmax(W_g E[task])."""
     probs = jax.nn.softmax(self.task_embedding[task_id] @ self.gate, axis=-1)
     return select_top_k(probs, self.top_k, renormalize=True)
 

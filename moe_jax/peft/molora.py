@@ -1,4 +1,5 @@
-"""MoLoRA, mixture of LoRA experts (Zadouri et al. 2023, Sec. 2.2).
+"""MoLoRA, mixture of LoRA experts (Zadouri et al. 2023):
+    p = softmax(W_g x),   y = W x + (alpha/r) sum_e p_e B_e A_e x
 
 Each site holds E LoRA pairs (rank r, scale alpha/r) and a router that reads
 the site's input; the output adds (alpha/r) * sum_e p_e B_e A_e x, computed in

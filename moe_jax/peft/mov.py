@@ -1,7 +1,8 @@
-"""MoV, mixture of (IA)3 vectors (Zadouri et al. 2023, Sec. 2.2, eq. 1-2).
+"""MoV, mixture of (IA)3 vectors (Zadouri et al. 2023, the MoV layer).
 
-Each site holds E (IA)3 vectors l_e (initialised to ones) and a router;
-soft merging forms l = sum_e p_e l_e and applies y * l. As in the released
+Each site holds E (IA)3 vectors l_e (initialised to ones) and a router:
+    p = softmax(W_g h),   l_mix = sum_e p_e l_e,   y = l_mix * h
+(soft merging: the vectors are mixed, not the outputs). As in the released
 code, the router reads the activation being adapted: for keys/values its
 kernel is (d_kv, E), shared across heads, so every head of every token gets
 its own mixture; the FFN router reads the d_ff intermediate.

@@ -2,7 +2,7 @@
 
 A router is a bias-free dense layer (kernel ~ N(0, 0.02)) computed in float32
 whatever the model dtype, followed by a softmax over experts (Zadouri et al.
-2023, Sec. 2.2). Options: routing per token (the released MoV code: the router
+2023: p = softmax(W_g x)). Options: routing per token (the released MoV code: the router
 reads the activation being adapted), per sentence (mean over non-pad tokens) or
 from a provided `routing_embedding` feature; top-k with or without
 renormalising the kept probabilities; multiplicative jitter noise on the router
