@@ -31,6 +31,15 @@ PRESETS = {
 }
 
 
+def register_with_gin():
+  """Make every method (and its router options) configurable from gin files:
+  `MoV.num_experts = 30`, `model/build_model.adapters = @MoV()`."""
+  import gin
+  for cls in list(METHODS.values())[1:]:
+    if not gin.config._REGISTRY.get_match(f"moe_jax.peft.{cls.__name__}"):
+      gin.external_configurable(cls, module="moe_jax.peft")
+
+
 def get_method(name: str, **kwargs) -> Adapters:
   if name not in METHODS:
     import difflib
@@ -39,5 +48,5 @@ def get_method(name: str, **kwargs) -> Adapters:
   return METHODS[name](**kwargs)
 
 
-__all__ = ["Adapters", "IA3", "LoRA", "METHODS", "MOELoRA", "MiLoRA", "MoA", "MoLoRA", "MoV",
+__all__ = ["register_with_gin", "Adapters", "IA3", "LoRA", "METHODS", "MOELoRA", "MiLoRA", "MoA", "MoLoRA", "MoV",
            "NO_ADAPTERS", "PRESETS", "get_method"]
