@@ -17,6 +17,11 @@ RUNTIME = [
     "numpy==2.4.6",
     "protobuf==7.36.2",
     "safetensors==0.8.0",
+    # promptsource 0.2.3's own needs (it is installed with --no-deps, see Makefile)
+    "pandas",
+    "pyyaml",
+    "jinja2",
+    "setuptools<81",  # promptsource imports pkg_resources
 ]
 
 # Reference implementations for parity tests (PyTorch CPU wheel: torch==2.13.0).

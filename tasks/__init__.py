@@ -1,5 +1,15 @@
-"""SeqIO task and mixture registrations (importing this package registers them).
+"""`import tasks` registers every seqio Task and Mixture of moe-jax.
 
-The P3/T0 training mixture and the held-out zero-shot suite are registered by
-the data layer (`moe_jax/data/`); see README "Status".
+Mixtures: `t0_train` (T0 training datasets present in the data dir, every
+template, rate min(num_examples, 500000 / num_templates)),
+`t0_eval_score_eval` (held-out suite, original-task templates, rank
+classification), `commonsense_train` and `commonsense_score_eval` (MiLoRA).
+Eval suites for `moe_jax.data.rank_eval`: `eval_suite("t0_eval")`,
+`eval_suite("commonsense")`. Data come from `$MOE_JAX_DATA_DIR` (default
+../shared/data).
 """
+from tasks.registration import eval_suite, register_all, REGISTERED
+
+register_all()
+
+__all__ = ["REGISTERED", "eval_suite", "register_all"]

@@ -266,7 +266,10 @@ class DecoderOnlyModel(BaseModel):
     weights = super()._loss_weights(batch)
     if "decoder_loss_weights" not in batch and "decoder_causal_attention" in batch:
       # Prefix LM: the loss and scores cover only the targets after the inputs.
-      weights = weights * (1 - batch["decoder_causal_attention"]).astype(jnp.float32)
+      # position t predicts token t+1: it is a target position unless t+1 is in the prompt
+      causal = batch["decoder_causal_attention"]
+      next_in_prompt = jnp.concatenate([causal[:, 1:], jnp.zeros_like(causal[:, :1])], axis=1)
+      weights = weights * (1 - next_in_prompt).astype(jnp.float32)
     return weights
 
   def _start_decoding(self, params, batch, max_decode_length):

@@ -91,11 +91,12 @@ def test_decoder_only_packing_and_prefix_weights():
   np.testing.assert_allclose(out[0, 3:], model.compute_logits(params, b)[0], atol=1e-5)
   with pytest.raises(ValueError, match="decoder_positions"):
     model.compute_logits(params, {k: v for k, v in packed.items() if k != "decoder_positions"})
-  # Prefix LM: the prompt (decoder_causal_attention = 1) is neither scored nor trained on.
+  # Prefix LM: the prompt (decoder_causal_attention = 1 on [5, 6]) is neither scored nor
+  # trained on; the last prompt position predicts the first target token (7).
   full = model.score_batch(params, a)
   prefixed = model.score_batch(params, dict(a, decoder_causal_attention=jnp.array([[1, 1, 0]])))
   lp = jax.nn.log_softmax(model.compute_logits(params, a), -1)
-  np.testing.assert_allclose(prefixed, lp[0, 2, 2], rtol=1e-5)
+  np.testing.assert_allclose(prefixed, lp[0, 1, 7] + lp[0, 2, 2], rtol=1e-5)
   assert not np.allclose(full, prefixed)
 
 

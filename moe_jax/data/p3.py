@@ -1,0 +1,164 @@
+"""seqio Tasks from P3 templates over the data directory's JSONL files.
+
+One Task per (dataset, template), named as P3 names them, whose examples are
+the template rendered on each row (`inputs`, `targets` text, then tokenised).
+For templates with answer choices, also `<task>_score_eval`: one row per
+(example, answer choice) with the example's `idx`, the `choice_idx` and
+`is_correct`, for rank classification. Rows a guarded template renders
+nothing for are skipped, as in T0. Every example carries `task_id` (per
+dataset) and `domain_id` (per dataset category) for MOELoRA and MoA.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Optional
+
+import seqio
+import tensorflow as tf
+
+from moe_jax.data import ids, jsonl, templates, vocab
+
+SOURCES = ("jsonl", "hf")  # MOE_JAX_DATA_SOURCE: local JSONL (default) or HF `datasets`
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """A dataset as the suites see it: which file split backs each seqio split."""
+  dataset: str
+  subset: Optional[str]
+  splits: tuple[tuple[str, str], ...]  # (seqio split, file split), e.g. (("validation", "dev_r1"),)
+  key: str  # e.g. "anli_r1": the unit of task ids, eval rows and mixtures
+  category: str  # domain (T0's task_by_convention)
+  suffix: str = ""  # P3 name suffix, e.g. "_r1"
+
+  def file(self, seqio_split: str) -> str:
+    return jsonl.split_path(self.dataset, self.subset, dict(self.splits)[seqio_split])
+
+  def present(self) -> bool:
+    return all(os.path.exists(self.file(s)) for s, _ in self.splits)
+
+
+def _rows(spec: DatasetSpec, split: str):
+  source = os.environ.get("MOE_JAX_DATA_SOURCE", "jsonl")
+  if source == "hf":  # for users with network or a local HF cache; not used in tests
+    import datasets  # pylint: disable=import-outside-toplevel
+    yield from datasets.load_dataset(spec.dataset, spec.subset, split=dict(spec.splits)[split])
+    return
+  if source != "jsonl":
+    raise ValueError(f"MOE_JAX_DATA_SOURCE={source!r}; expected one of {SOURCES}")
+  yield from jsonl.read_rows(spec.file(split))
+
+
+def _examples(spec, template_name, score_eval, split):
+  template = templates.dataset_templates(spec.dataset, spec.subset)[template_name]
+  task_id, domain_id = ids.task_id(spec.key), ids.domain_id(spec.category)
+  for idx, row in enumerate(_rows(spec, split)):
+    try:
+      rendered = templates.render(template, row)
+    except Exception as e:  # a template error names the row it failed on
+      raise jsonl.DataError(f"{spec.file(split)}:{idx + 1}: template {template_name!r} failed: {e!r}") from e
+    if rendered is None:
+      continue
+    inputs, target, choices = rendered
+    base = {"inputs": inputs, "idx": idx, "task_id": task_id, "domain_id": domain_id}
+    if not score_eval:
+      yield dict(base, targets=target)
+      continue
+    stripped = [c.strip() for c in choices]
+    if target.strip() not in stripped:
+      continue  # no gold choice to rank (see _tools/template_validation.tsv)
+    gold = stripped.index(target.strip())
+    for c, choice in enumerate(choices):
+      yield dict(base, targets=choice, choice_idx=c, is_correct=c == gold)
+
+
+_SIGNATURE = {"inputs": tf.TensorSpec((), tf.string), "targets": tf.TensorSpec((), tf.string),
+              "idx": tf.TensorSpec((), tf.int32), "task_id": tf.TensorSpec((), tf.int32),
+              "domain_id": tf.TensorSpec((), tf.int32)}
+_SCORE_SIGNATURE = dict(_SIGNATURE, choice_idx=tf.TensorSpec((), tf.int32),
+                        is_correct=tf.TensorSpec((), tf.bool))
+
+
+def _dataset_fn(spec, template_name, score_eval, split, shuffle_files=False, seed=None):
+  del shuffle_files, seed  # one file per split; the mixture shuffles examples
+  gen = functools.partial(_examples, spec, template_name, score_eval, split)
+  return tf.data.Dataset.from_generator(gen, output_signature=_SCORE_SIGNATURE if score_eval else _SIGNATURE)
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredTask:
+  name: str
+  spec: DatasetSpec
+  template: str
+  score_eval: Optional[str]  # name of the rank-classification task, if any
+
+
+def register(spec: DatasetSpec, *, original_task_only: bool = False) -> list[RegisteredTask]:
+  """Registers the Tasks of every (or every original-task) template of `spec`."""
+  out = []
+  tpl = templates.dataset_templates(spec.dataset, spec.subset)
+  ids.task_id(spec.key)
+  ids.domain_id(spec.category)
+  features = vocab.output_features(_LazyVocab())
+  preprocessors = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos]
+  for template_name in templates.template_names(spec.dataset, spec.subset, original_task_only):
+    name = templates.task_name(spec.dataset, spec.subset, template_name, spec.suffix)
+    splits = [s for s, _ in spec.splits]
+    _add(name, seqio.FunctionDataSource(
+        functools.partial(_dataset_fn, spec, template_name, False), splits=splits), preprocessors, features)
+    score_name = None
+    if tpl[template_name].answer_choices:
+      score_name = f"{name}_score_eval"
+      _add(score_name, seqio.FunctionDataSource(
+          functools.partial(_dataset_fn, spec, template_name, True), splits=splits), preprocessors, features)
+    out.append(RegisteredTask(name, spec, template_name, score_name))
+  return out
+
+
+def _add(name, source, preprocessors, features):
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors, output_features=features)
+
+
+class _LazyVocab(seqio.Vocabulary):
+  """The T5 vocabulary, loaded on first use so registering needs no data dir."""
+
+  def __init__(self):
+    super().__init__(extra_ids=0)
+
+  @property
+  def _v(self):
+    return vocab.t5_vocabulary()
+
+  @property
+  def eos_id(self):
+    return 1
+
+  @property
+  def unk_id(self):
+    return 2
+
+  @property
+  def _base_vocab_size(self):
+    return self._v.vocab_size
+
+  def _encode(self, s):
+    return self._v.encode(s)
+
+  def _decode(self, ids_):
+    return self._v.decode(ids_)
+
+  def _encode_tf(self, s):
+    return self._v.encode_tf(s)
+
+  def _decode_tf(self, ids_):
+    return self._v.decode_tf(ids_)
+
+  def __eq__(self, other):
+    return isinstance(other, (_LazyVocab, seqio.SentencePieceVocabulary))
+
+  def __hash__(self):
+    return hash("t5_vocab")

@@ -1,0 +1,49 @@
+"""The real P3 prompt templates (promptsource 0.2.3) applied to HF-schema rows."""
+from __future__ import annotations
+
+import functools
+import re
+import warnings
+from typing import Optional
+
+
+@functools.lru_cache(maxsize=None)
+def dataset_templates(dataset: str, subset: Optional[str]):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # promptsource imports pkg_resources
+    try:
+      from promptsource.templates import DatasetTemplates
+    except ImportError as e:
+      raise ImportError(
+          f"the P3 templates need promptsource 0.2.3 ({e}); install it with `pip install --no-deps "
+          "--ignore-requires-python promptsource==0.2.3` and `pip install 'setuptools<81'` "
+          "(`make venv` does both)") from e
+  key = dataset if subset is None else f"{dataset}/{subset}"
+  templates = DatasetTemplates(dataset, subset)
+  if not templates.all_template_names:
+    raise KeyError(f"promptsource has no templates for {key}")
+  return templates
+
+
+def template_names(dataset: str, subset: Optional[str], original_task_only: bool = False) -> list[str]:
+  t = dataset_templates(dataset, subset)
+  names = sorted(t.all_template_names)
+  if original_task_only:
+    names = [n for n in names if t[n].metadata.original_task]
+  return names
+
+
+def task_name(dataset: str, subset: Optional[str], template: str, suffix: str = "") -> str:
+  """P3 / T0 naming: dataset_subset_template, runs of other characters -> '_'."""
+  name = dataset + (f"_{subset}_" if subset else "_") + template + suffix
+  return re.sub(r"[^\w\d\._]+", "_", name)
+
+
+def render(template, row: dict):
+  """(inputs, targets, answer_choices) or None when a guarded template renders
+  nothing for this row (T0 skips such examples)."""
+  parts = template.apply(row)
+  if len(parts) != 2 or not parts[0].strip():
+    return None
+  choices = template.get_answer_choices_list(row) if template.answer_choices else None
+  return parts[0], parts[1], choices
