@@ -26,6 +26,8 @@ def main(argv=None) -> int:
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--output_dir", required=True)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--datasets", default=None,
+                      help="comma-separated dataset keys to keep from the suite (default: all)")
   args = parser.parse_args(argv)
 
   import jax
@@ -40,8 +42,17 @@ def main(argv=None) -> int:
     model = build_model(get_preset(args.model))
     params = model.init(jax.random.key(args.seed))
   lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+  suite = tasks.eval_suite(args.suite)
+  if args.datasets:
+    wanted = args.datasets.split(",")
+    unknown = sorted(set(wanted) - {d.key for d in suite})
+    if unknown:
+      print(f"error: unknown dataset(s) {unknown}; suite {args.suite} has {[d.key for d in suite]}",
+            file=sys.stderr)
+      return 2
+    suite = [d for d in suite if d.key in wanted]
   start = time.time()
-  report = rank_eval.evaluate(lambda b: model.score_batch(params, b), tasks.eval_suite(args.suite), lengths,
+  report = rank_eval.evaluate(lambda b: model.score_batch(params, b), suite, lengths,
                               batch_size=args.batch_size,
                               max_examples_per_template=args.max_examples_per_template,
                               decoder_only=model.config.family == "decoder",

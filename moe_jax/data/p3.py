@@ -54,7 +54,14 @@ def _rows(spec: DatasetSpec, split: str):
 def _examples(spec, template_name, score_eval, split):
   template = templates.dataset_templates(spec.dataset, spec.subset)[template_name]
   task_id, domain_id = ids.task_id(spec.key), ids.domain_id(spec.category)
+  needed = None
   for idx, row in enumerate(_rows(spec, split)):
+    if needed is None:  # the fields this template reads, as the first row spells the schema
+      needed = templates.referenced_fields(template) & set(row)
+    missing = needed - set(row)
+    if missing:  # Jinja would silently render a missing field as ''
+      raise jsonl.DataError(f"{spec.file(split)}:{idx + 1}: missing field {sorted(missing)[0]!r} "
+                            f"needed by template {template_name!r}")
     try:
       rendered = templates.render(template, row)
     except Exception as e:  # a template error names the row it failed on

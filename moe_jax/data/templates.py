@@ -39,6 +39,18 @@ def task_name(dataset: str, subset: Optional[str], template: str, suffix: str = 
   return re.sub(r"[^\w\d\._]+", "_", name)
 
 
+@functools.lru_cache(maxsize=None)
+def _referenced(jinja_source: str) -> frozenset:
+  import jinja2
+  from jinja2 import meta
+  return frozenset(meta.find_undeclared_variables(jinja2.Environment().parse(jinja_source)))
+
+
+def referenced_fields(template) -> frozenset:
+  """Top-level names the template's Jinja reads (row fields, among others)."""
+  return _referenced(template.jinja)
+
+
 def render(template, row: dict):
   """(inputs, targets, answer_choices) or None when a guarded template renders
   nothing for this row (T0 skips such examples)."""
