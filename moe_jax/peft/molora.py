@@ -13,7 +13,7 @@ import flax.linen as nn
 
 from moe_jax.peft import sites
 from moe_jax.peft.lora import LowRankExperts
-from moe_jax.peft.routers import Router, RouterConfig
+from moe_jax.peft.routers import Router, RouterConfig, RoutedOptions
 
 MOLORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi", "wo", "gate", "down")
 
@@ -38,23 +38,12 @@ class MoLoRASite(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class MoLoRA(sites.Adapters):
-  num_experts: int = 10
+class MoLoRA(RoutedOptions, sites.Adapters):
   rank: int = 4
   alpha: float = 4.0
   targets: tuple[str, ...] = MOLORA_TARGETS
-  routing: str = "token"
-  top_k: int | None = None
-  renormalize: bool = True
-  jitter_noise: float = 0.0
-  load_balance_weight: float = 0.0
-  z_loss_weight: float = 0.0
   dropout_rate: float = 0.0
   a_init: str = "kaiming_uniform"
-
-  def router_config(self) -> RouterConfig:
-    return RouterConfig(self.num_experts, self.routing, self.top_k, self.renormalize,
-                        self.jitter_noise, self.load_balance_weight, self.z_loss_weight)
 
   def site(self, info, name):
     if info.kind not in self.targets:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from moe_jax.peft import sites
 from moe_jax.peft.ia3 import IA3_TARGETS
-from moe_jax.peft.routers import Router, RouterConfig
+from moe_jax.peft.routers import Router, RouterConfig, RoutedOptions
 
 
 class MoVSite(nn.Module):
@@ -40,19 +40,8 @@ class MoVSite(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class MoV(sites.Adapters):
-  num_experts: int = 10
+class MoV(RoutedOptions, sites.Adapters):
   targets: tuple[str, ...] = IA3_TARGETS
-  routing: str = "token"
-  top_k: int | None = None
-  renormalize: bool = True
-  jitter_noise: float = 0.0
-  load_balance_weight: float = 0.0
-  z_loss_weight: float = 0.0
-
-  def router_config(self) -> RouterConfig:
-    return RouterConfig(self.num_experts, self.routing, self.top_k, self.renormalize,
-                        self.jitter_noise, self.load_balance_weight, self.z_loss_weight)
 
   def site(self, info, name):
     if info.kind not in self.targets:

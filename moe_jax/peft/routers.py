@@ -42,6 +42,22 @@ class RouterConfig:
       raise ValueError(f"top_k={self.top_k} must be in [1, num_experts={self.num_experts}]")
 
 
+@dataclasses.dataclass(frozen=True)
+class RoutedOptions:
+  """Router settings shared by the per-site mixture methods (MoV, MoLoRA)."""
+  num_experts: int = 10
+  routing: str = "token"
+  top_k: Optional[int] = None
+  renormalize: bool = True
+  jitter_noise: float = 0.0
+  load_balance_weight: float = 0.0
+  z_loss_weight: float = 0.0
+
+  def router_config(self) -> RouterConfig:
+    return RouterConfig(self.num_experts, self.routing, self.top_k, self.renormalize,
+                        self.jitter_noise, self.load_balance_weight, self.z_loss_weight)
+
+
 def top_k_mask(probs: jax.Array, k: int) -> jax.Array:
   """1 on exactly the k largest entries of the last axis (ties broken by index)."""
   _, idx = jax.lax.top_k(probs, k)
