@@ -22,6 +22,8 @@ RUNTIME = [
     "pyyaml",
     "jinja2",
     "setuptools<81",  # promptsource imports pkg_resources
+    "matplotlib",  # expert-probability plots at eval
+    "tensorboard",  # tf.summary needs it
 ]
 
 # Reference implementations for parity tests (PyTorch CPU wheel: torch==2.13.0).

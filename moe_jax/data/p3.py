@@ -13,14 +13,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import zlib
 from typing import Optional
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
 from moe_jax.data import ids, jsonl, templates, vocab
 
-SOURCES = ("jsonl", "hf")  # MOE_JAX_DATA_SOURCE: local JSONL (default) or HF `datasets`
+SOURCES = ("jsonl", "hf")
+SHUFFLE_BUFFER = 16  # MOE_JAX_DATA_SOURCE: local JSONL (default) or HF `datasets`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +54,23 @@ def _rows(spec: DatasetSpec, split: str):
   yield from jsonl.read_rows(spec.file(split))
 
 
-def _examples(spec, template_name, score_eval, split):
+def _ordered_rows(spec, split, shuffle_seed):
+  """(row index, row) in file order, or in a seeded random order when training:
+  rows are cheap to read, templates are not, so the order is shuffled before
+  rendering instead of through a large tf.data shuffle buffer."""
+  rows = enumerate(_rows(spec, split))
+  if shuffle_seed is None:
+    return rows
+  rows = list(rows)
+  order = np.random.RandomState(shuffle_seed % (2 ** 32)).permutation(len(rows))
+  return (rows[i] for i in order)
+
+
+def _examples(spec, template_name, score_eval, split, shuffle_seed=None):
   template = templates.dataset_templates(spec.dataset, spec.subset)[template_name]
   task_id, domain_id = ids.task_id(spec.key), ids.domain_id(spec.category)
   needed = None
-  for idx, row in enumerate(_rows(spec, split)):
+  for idx, row in _ordered_rows(spec, split, shuffle_seed):
     if needed is None:  # the fields this template reads, as the first row spells the schema
       needed = templates.referenced_fields(template) & set(row)
     missing = needed - set(row)
@@ -89,8 +104,13 @@ _SCORE_SIGNATURE = dict(_SIGNATURE, choice_idx=tf.TensorSpec((), tf.int32),
 
 
 def _dataset_fn(spec, template_name, score_eval, split, shuffle_files=False, seed=None):
-  del shuffle_files, seed  # one file per split; the mixture shuffles examples
-  gen = functools.partial(_examples, spec, template_name, score_eval, split)
+  if split not in dict(spec.splits):
+    raise ValueError(f"{spec.key} ({template_name}) has no split {split!r}; "
+                     f"splits: {[s for s, _ in spec.splits]}")
+  shuffle_seed = None
+  if shuffle_files:  # a per-task seed, so tasks of one dataset differ in order
+    shuffle_seed = (0 if seed is None else int(seed)) * 1_000_003 + zlib.crc32(template_name.encode())
+  gen = functools.partial(_examples, spec, template_name, score_eval, split, shuffle_seed)
   return tf.data.Dataset.from_generator(gen, output_signature=_SCORE_SIGNATURE if score_eval else _SIGNATURE)
 
 
@@ -127,7 +147,10 @@ def register(spec: DatasetSpec, *, original_task_only: bool = False) -> list[Reg
 def _add(name, source, preprocessors, features):
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
-  seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors, output_features=features)
+  # Rows arrive already shuffled (see _ordered_rows); a small buffer suffices
+  # and keeps a 100-task mixture from rendering 1000 examples per task first.
+  seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors, output_features=features,
+                         shuffle_buffer_size=SHUFFLE_BUFFER)
 
 
 class _LazyVocab(seqio.Vocabulary):

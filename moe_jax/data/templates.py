@@ -41,9 +41,9 @@ def task_name(dataset: str, subset: Optional[str], template: str, suffix: str = 
 
 @functools.lru_cache(maxsize=None)
 def _referenced(jinja_source: str) -> frozenset:
-  import jinja2
   from jinja2 import meta
-  return frozenset(meta.find_undeclared_variables(jinja2.Environment().parse(jinja_source)))
+  from promptsource.templates import env  # knows promptsource's filters (choice, ...)
+  return frozenset(meta.find_undeclared_variables(env.parse(jinja_source)))
 
 
 def referenced_fields(template) -> frozenset:

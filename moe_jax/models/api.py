@@ -140,6 +140,7 @@ class BaseModel(abc.ABC):
     weights = self._loss_weights(batch)
     targets = batch["decoder_target_tokens"]
     xent, zl = cross_entropy(logits, targets, weights, self.z_loss)
+    per_example = jnp.sum(xent, -1) / jnp.maximum(jnp.sum(weights, -1), 1.0)  # for per-task logging
     if self.loss_normalizing_factor == "average_per_sequence":
       per_seq = jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-8)
       xent, zl = xent / per_seq, zl / per_seq
@@ -157,6 +158,7 @@ class BaseModel(abc.ABC):
         "loss": loss, "cross_entropy": xent_loss, "z_loss": z_loss, "aux_loss": aux_loss,
         "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(weights), 1e-8),
         "num_tokens": jnp.sum(weights),
+        "per_example_cross_entropy": per_example,
         "router_stats": aux.get(sites.ROUTER_STATS_COLLECTION, {}),
     }
     return loss, metrics

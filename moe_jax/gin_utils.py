@@ -1,0 +1,109 @@
+"""t5x-style command-line configuration: --gin_file (repeatable), --gin.KEY=VALUE,
+--gin_search_paths; and the gin-configurable pieces the configs bind."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+import gin
+
+from moe_jax import paths
+from moe_jax.models import build_model, get_preset
+from moe_jax.peft import NO_ADAPTERS, register_with_gin
+
+REPO_GIN_DIR = os.path.join(paths.REPO_ROOT, "gin_configs")
+
+
+@gin.configurable
+def model(preset: str = gin.REQUIRED, adapters=NO_ADAPTERS, dtype: str = "float32",
+          param_dtype: str = "float32", dropout_rate: float = 0.0, z_loss: float = 1e-4,
+          loss_normalizing_factor: str = "num_real_target_tokens", config_overrides: Optional[dict] = None):
+  """The run's model: a backbone preset, its dtypes and dropout, and a PEFT method."""
+  config = get_preset(preset, dtype=dtype, param_dtype=param_dtype, dropout_rate=dropout_rate,
+                      **(config_overrides or {}))
+  return build_model(config, adapters, z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor)
+
+
+@gin.configurable
+def data_dir(path: Optional[str] = None) -> str:
+  """DATA_DIR macro -> the data directory every task reads (env var otherwise)."""
+  if path:
+    os.environ["MOE_JAX_DATA_DIR"] = os.path.abspath(path)
+  return paths.data_dir()
+
+
+def _as_binding(flag: str) -> str:
+  key, _, value = flag.partition("=")
+  if not _:
+    raise ValueError(f"--gin.{flag}: expected --gin.KEY=VALUE")
+  v = value.strip()
+  # Bare paths and words are strings (t5x would need them quoted).
+  if v and v[0] not in "\"'[({@%-0123456789" and v not in ("True", "False", "None"):
+    v = repr(v)
+  return f"{key} = {v}"
+
+
+def parse_flags(argv):
+  parser = argparse.ArgumentParser(allow_abbrev=False)
+  parser.add_argument("--gin_file", action="append", default=[])
+  parser.add_argument("--gin_search_paths", default="")
+  args, rest = parser.parse_known_args(argv)
+  bindings, unknown = [], []
+  for a in rest:
+    if a.startswith("--gin."):
+      bindings.append(_as_binding(a[len("--gin."):]))
+    else:
+      unknown.append(a)
+  if unknown:
+    raise ValueError(f"unknown flag(s) {unknown}; use --gin_file, --gin.KEY=VALUE, --gin_search_paths")
+  return args.gin_file, bindings, [p for p in args.gin_search_paths.split(",") if p]
+
+
+def configure(argv) -> None:
+  """Parses flags and gin files; raises ValueError naming a bad file or binding."""
+  import moe_jax.evaluation  # noqa: F401  registers ZeroShotEvaluator
+  import moe_jax.trainer  # noqa: F401  registers train
+  register_with_gin()
+  files, bindings, search = parse_flags(argv)
+  for p in search + [REPO_GIN_DIR, paths.REPO_ROOT, os.getcwd()]:
+    gin.add_config_file_search_path(p)
+  if not files:
+    raise ValueError("no --gin_file given")
+  try:
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+  except (ValueError, KeyError, IOError, SyntaxError) as e:
+    raise ValueError(f"gin configuration error: {e}") from None
+  data_dir()
+
+
+def exit_process(code: int) -> None:
+  """Exit without interpreter teardown: tf.data generator threads can deadlock
+  while being finalised after an error (checkpoints are already flushed)."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
+def run(main_fn, argv=None) -> int:
+  """Runs an entry point; configuration and input errors exit with status 2."""
+  from moe_jax.checkpoints import CheckpointError
+  from moe_jax.data.jsonl import DataError
+  from moe_jax.models.hf import CheckpointError as HFCheckpointError
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    configure(argv)
+    main_fn()
+  except (ValueError, KeyError, FileNotFoundError, CheckpointError, HFCheckpointError, DataError) as e:
+    print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+    return 2
+  except Exception as e:  # tf.data wraps our DataError in its own exception types
+    if "DataError" in str(e):
+      msg = next(l for l in str(e).splitlines() if "DataError" in l)
+      print(f"error: {msg.split('DataError: ', 1)[-1]}", file=sys.stderr)
+      return 2
+    import traceback
+    traceback.print_exc()
+    return 1
+  return 0

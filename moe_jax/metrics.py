@@ -1,0 +1,70 @@
+"""Training observability: train_metrics.jsonl, TensorBoard, a console progress line."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def mean_router_entropy(router_stats) -> jax.Array:
+  """Mean over routers and examples of H(p) of the sown expert probabilities."""
+  leaves = [x for x in jax.tree_util.tree_leaves(router_stats) if x.ndim == 2]
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  ent = [jnp.mean(-jnp.sum(p * jnp.log(jnp.maximum(p, 1e-9)), -1)) for p in leaves]
+  return jnp.mean(jnp.stack(ent))
+
+
+class Logger:
+  def __init__(self, model_dir: str, total_steps: int, batch_size: int, start_step: int):
+    import tensorflow as tf  # TensorBoard summaries
+    self._tf = tf
+    self.path = os.path.join(model_dir, "train_metrics.jsonl")
+    self.writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", "train"))
+    self.total, self.batch_size = total_steps, batch_size
+    self.start_step, self.t0 = start_step, time.time()
+    self._tokens, self._window_start, self._window_step = 0, time.time(), start_step
+    self._task_loss: dict[int, list[float]] = {}
+
+  def log(self, step, m, learning_rate, tokens, task_ids, force=False) -> dict:
+    self._tokens += tokens
+    if task_ids is not None:
+      per_example = np.asarray(m["per_example_cross_entropy"])
+      for t, l in zip(np.asarray(task_ids), per_example):
+        self._task_loss.setdefault(int(t), []).append(float(l))
+    if not force:
+      return {}
+    now = time.time()
+    elapsed = max(now - self._window_start, 1e-9)
+    steps = step - self._window_step
+    row = {"step": step, "loss": float(m["loss"]), "learning_rate": float(learning_rate),
+           "tokens_per_sec": self._tokens / elapsed, "steps_per_sec": steps / elapsed}
+    for k in ("cross_entropy", "z_loss", "aux_loss", "accuracy", "router_entropy", "grad_norm"):
+      if k in m:
+        row[k] = float(m[k])
+    if self._task_loss:
+      row["task_loss"] = {str(k): float(np.mean(v)) for k, v in sorted(self._task_loss.items())}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    with self.writer.as_default():
+      for k, v in row.items():
+        if isinstance(v, float):
+          self._tf.summary.scalar(k, v, step=step)
+      for t, v in row.get("task_loss", {}).items():
+        self._tf.summary.scalar(f"task_loss/task_{t}", v, step=step)
+    self.writer.flush()
+    rate = row["steps_per_sec"]
+    eta = (self.total - step) / rate if rate > 0 else float("inf")
+    print(f"step {step}/{self.total} | loss {row['loss']:.4f} | {rate:.2f} steps/s | "
+          f"{row['tokens_per_sec']:.0f} tokens/s | ETA {eta:.0f}s", file=sys.stderr, flush=True)
+    self._tokens, self._window_start, self._window_step = 0, now, step
+    self._task_loss = {}
+    return row
+
+  def close(self):
+    self.writer.close()

@@ -1,0 +1,79 @@
+"""Mesh, logical-axis rules and shardings: one code path from 1 CPU to a pod.
+
+Parameters carry logical axis names (`embed`, `mlp`, `heads`, ...); the rules
+below map them to mesh axes (`data`, `model`, optional `expert`), t5x style.
+Batches are split over `data`. Nothing else in moe-jax names a device.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+# t5x's standard rules (model parallelism over heads / mlp / vocab), plus the
+# adapter axes: experts over `expert` when the mesh has it, ranks replicated.
+DEFAULT_RULES = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("embed", None),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("joined_kv", "model"),
+    ("relpos_buckets", None),
+    ("layers", None),
+    ("expert", "expert"),
+    ("rank", None),
+    ("router_in", None),
+    ("task", None),
+    ("task_embed", None),
+)
+
+
+def make_mesh(data: int = -1, model: int = 1, expert: int = 1, devices: Optional[Sequence] = None) -> Mesh:
+  """A (data, model[, expert]) mesh; data=-1 takes the remaining devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  if data == -1:
+    if len(devices) % (model * expert):
+      raise ValueError(f"{len(devices)} devices do not split into model={model} x expert={expert}")
+    data = len(devices) // (model * expert)
+  if data * model * expert != len(devices):
+    raise ValueError(f"mesh data={data} x model={model} x expert={expert} != {len(devices)} devices")
+  shape, names = (data, model), ("data", "model")
+  if expert > 1:
+    shape, names = (data, model, expert), ("data", "model", "expert")
+  return Mesh(np.asarray(devices).reshape(shape), names,
+              axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+
+
+class Partitioner:
+  def __init__(self, mesh: Mesh, rules: Sequence[tuple[str, Optional[str]]] = DEFAULT_RULES):
+    self.mesh = mesh
+    # Rules naming a mesh axis this mesh lacks fall back to replication.
+    self.rules = tuple((k, v if v in mesh.axis_names else None) for k, v in rules)
+
+  def sharding(self, logical: P) -> NamedSharding:
+    return NamedSharding(self.mesh, nn.logical_to_mesh_axes(logical, self.rules))
+
+  def param_shardings(self, logical_axes):
+    return jax.tree_util.tree_map(self.sharding, logical_axes, is_leaf=lambda x: isinstance(x, P))
+
+  def batch_sharding(self, ndim: int) -> NamedSharding:
+    return NamedSharding(self.mesh, P("data", *([None] * (ndim - 1))))
+
+  def shard_batch(self, batch: dict) -> dict:
+    """Host numpy batch (global) -> arrays split over `data`."""
+    out = {}
+    for k, v in batch.items():
+      sharding = self.batch_sharding(np.ndim(v))
+      if jax.process_count() == 1:
+        out[k] = jax.device_put(v, sharding)
+      else:  # each process holds the same global batch; keep its own slice
+        out[k] = jax.make_array_from_callback(np.shape(v), sharding, lambda idx, v=v: v[idx])
+    return out
+
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())

@@ -1,0 +1,55 @@
+"""Mean expert probabilities per task and layer (as the MoV/MOELoRA papers plot)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from flax import traverse_util
+
+from moe_jax.peft import sites
+
+
+def router_probabilities(model, params, batch) -> dict[str, np.ndarray]:
+  """{router path: mean expert probabilities [E]} over the batch's examples."""
+  _, stats = model._apply(params, batch, mutable=(sites.ROUTER_STATS_COLLECTION,))
+  flat = traverse_util.flatten_dict(stats.get(sites.ROUTER_STATS_COLLECTION, {}))
+  out = {}
+  for path, value in flat.items():
+    probs = np.asarray(value[0] if isinstance(value, tuple) else value)
+    if probs.ndim == 2:
+      out["/".join(p for p in path[:-1] if not p.endswith("router"))] = probs.mean(0)
+  return out
+
+
+def expert_heatmaps(per_task: dict[str, dict[str, np.ndarray]], path: str, title: str = "") -> str:
+  """One panel per task: routers (rows, by layer) x experts (columns). Written atomically."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  tasks = [t for t, p in per_task.items() if p]
+  if not tasks:
+    raise ValueError("no router statistics to plot (the method has no routers)")
+  routers = sorted(per_task[tasks[0]])
+  experts = max(len(v) for v in per_task[tasks[0]].values())
+  fig, axes = plt.subplots(1, len(tasks), figsize=(2.2 + 1.6 * len(tasks), 1.0 + 0.18 * len(routers)),
+                           squeeze=False)
+  for ax, task in zip(axes[0], tasks):
+    grid = np.full((len(routers), experts), np.nan)
+    for i, r in enumerate(routers):
+      v = per_task[task].get(r)
+      if v is not None:
+        grid[i, :len(v)] = v
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0)
+    ax.set_title(task, fontsize=7)
+    ax.set_xlabel("expert", fontsize=6)
+    ax.tick_params(labelsize=4)
+    ax.set_yticks(range(len(routers)))
+    ax.set_yticklabels(routers if ax is axes[0][0] else [], fontsize=3)
+  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.6)
+  fig.suptitle(title or "mean expert probability per task and layer", fontsize=8)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=150)
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path

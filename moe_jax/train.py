@@ -1,0 +1,17 @@
+"""python -m moe_jax.train --gin_file=gin_configs/demo.gin --gin.MODEL_DIR=/tmp/run [--gin.KEY=VALUE ...]
+
+Trains (or resumes) the configured run; see gin_configs/runs/finetune.gin.
+"""
+import sys
+
+from moe_jax import gin_utils
+
+
+def main() -> None:
+  from moe_jax import trainer
+  import tasks  # noqa: F401  registers the seqio tasks and mixtures
+  trainer.train(model=gin_utils.model())
+
+
+if __name__ == "__main__":
+  gin_utils.exit_process(gin_utils.run(main))

@@ -1,0 +1,213 @@
+"""The training loop: frozen backbone, Adafactor, sharding, checkpoints, logging, eval.
+
+`train(...)` is the gin-configurable entry that `python -m moe_jax.train` runs.
+The jitted step (`TrainStep`) differentiates only the trainable parameters,
+accumulates gradients over micro-batches, adds the method's auxiliary losses
+(they are part of `model.loss_fn`) and applies Adafactor; parameters, optimizer
+state and batches are placed by the partitioner's logical-axis rules.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Optional
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from moe_jax import checkpoints, metrics, optim, partitioning
+from moe_jax.models.api import BaseModel
+from moe_jax.peft import sites
+from moe_jax.peft.trainable import trainable_mask
+
+
+class TrainingError(RuntimeError):
+  pass
+
+
+def split_params(params, mask):
+  flat, flat_mask = traverse_util.flatten_dict(params), traverse_util.flatten_dict(mask)
+  trainable = traverse_util.unflatten_dict({k: v for k, v in flat.items() if flat_mask[k]})
+  frozen = traverse_util.unflatten_dict({k: v for k, v in flat.items() if not flat_mask[k]})
+  return trainable, frozen
+
+
+def merge_params(trainable, frozen):
+  return traverse_util.unflatten_dict({**traverse_util.flatten_dict(frozen),
+                                       **traverse_util.flatten_dict(trainable)})
+
+
+def _subtree(tree, like):
+  """The leaves of `tree` at the paths present in `like`."""
+  flat = traverse_util.flatten_dict(tree)
+  return traverse_util.unflatten_dict({k: flat[k] for k in traverse_util.flatten_dict(like)})
+
+
+class TrainStep:
+  """Builds the optimizer and the jitted, sharded train step for a model."""
+
+  def __init__(self, model: BaseModel, partitioner: partitioning.Partitioner, trainable_logical_axes,
+               learning_rate: float = 3e-4, decay_rate: float = 0.8, grad_accum_steps: int = 1):
+    self.model = model
+    self.partitioner = partitioner
+    self.learning_rate = learning_rate
+    self.grad_accum_steps = grad_accum_steps
+    self.tx = optim.adafactor(learning_rate, trainable_logical_axes, decay_rate=decay_rate)
+    self._step = jax.jit(self._train_step, donate_argnums=(0, 2))
+
+  def init_opt_state(self, trainable):
+    return jax.jit(self.tx.init)(trainable)
+
+  def _loss_and_grads(self, trainable, frozen, batch, rng):
+    def loss_of(tp):
+      return self.model.loss_fn(merge_params(tp, frozen), batch, rng)
+    (loss, m), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+    return grads, m
+
+  def _train_step(self, trainable, frozen, opt_state, batch, rng):
+    k = self.grad_accum_steps
+    if k == 1:
+      grads, m = self._loss_and_grads(trainable, frozen, batch, rng)
+    else:  # micro-batches in a scan: memory of one micro-batch, gradient of all
+      micro = jax.tree_util.tree_map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
+      rngs = jax.random.split(rng, k)
+
+      def body(acc, xs):
+        g, m = self._loss_and_grads(trainable, frozen, xs[0], xs[1])
+        return jax.tree_util.tree_map(jnp.add, acc, g), m
+      zeros = jax.tree_util.tree_map(jnp.zeros_like, trainable)
+      grads, ms = jax.lax.scan(body, zeros, (micro, rngs))
+      grads = jax.tree_util.tree_map(lambda g: g / k, grads)
+      m = jax.tree_util.tree_map(lambda x: jnp.mean(x, 0) if x.ndim == 1 or x.ndim == 0 else
+                                 x.reshape((-1,) + x.shape[2:]), ms)
+      m = dict(m, per_example_cross_entropy=ms["per_example_cross_entropy"].reshape(-1))
+    updates, opt_state = self.tx.update(grads, opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    stats = m.pop("router_stats", {})
+    m["router_entropy"] = metrics.mean_router_entropy(stats)
+    m["grad_norm"] = optax.global_norm(grads)
+    return trainable, opt_state, m
+
+  def __call__(self, trainable, frozen, opt_state, batch, rng):
+    return self._step(trainable, frozen, opt_state, batch, rng)
+
+
+def _read_jsonl(path):
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(l) for l in f if l.strip()]
+
+
+def _truncate_metrics(path, last_step):
+  """Drop lines logged after the checkpoint we resume from (they will be redone)."""
+  rows = [r for r in _read_jsonl(path) if r["step"] <= last_step]
+  with open(path + ".tmp", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  os.replace(path + ".tmp", path)
+
+
+@gin.configurable(denylist=["model"])
+def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: dict = gin.REQUIRED, train_steps: int = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED, learning_rate: float = 3e-4, decay_rate: float = 0.8,
+          trainable_regex: Optional[str] = None, pack: bool = False,
+          initial_checkpoint_path: Optional[str] = None, checkpoint_period: int = 1000,
+          keep_checkpoints: int = 3, log_period: int = 10, eval_period: Optional[int] = None,
+          grad_accum_steps: int = 1, mesh_shape: tuple = (-1, 1), seed: int = 0, shuffle_seed: int = 0,
+          evaluator=None) -> dict:
+  """Trains (or resumes) a run in `model_dir`; returns the last logged metrics."""
+  from moe_jax.data import converters, ids, registry  # TF-heavy: imported when training
+  os.makedirs(model_dir, exist_ok=True)
+  partitioner = partitioning.Partitioner(partitioning.make_mesh(*mesh_shape))
+  source = registry.get_task_or_mixture(mixture_or_task_name)
+
+  # Parameters: fresh init, then the initial checkpoint (backbone), then resume.
+  init_batch = model._dummy_batch()
+  params = model.init(jax.random.key(seed), init_batch)
+  if initial_checkpoint_path:
+    params, fresh = _load_initial(model, params, initial_checkpoint_path)
+    print(f"initial weights from {initial_checkpoint_path}; {len(fresh)} parameters start fresh")
+  mask = trainable_mask(params, trainable_regex)
+  trainable, frozen = split_params(params, mask)
+  axes = model.param_logical_axes(init_batch)
+  trainable_axes, frozen_axes = _subtree(axes, trainable), _subtree(axes, frozen)
+  step_fn = TrainStep(model, partitioner, trainable_axes, learning_rate, decay_rate, grad_accum_steps)
+  with partitioner.mesh:
+    trainable = jax.device_put(trainable, partitioner.param_shardings(trainable_axes))
+    frozen = jax.device_put(frozen, partitioner.param_shardings(frozen_axes))
+    opt_state = step_fn.init_opt_state(trainable)
+
+  ckpts = checkpoints.Checkpoints(os.path.join(model_dir, "checkpoints"), keep_checkpoints)
+  ids_path = os.path.join(model_dir, "ids.json")
+  step, batches_seen = 0, 0
+  latest = ckpts.latest_step()
+  if latest is not None:
+    state = ckpts.restore(latest, jax.eval_shape(lambda: {
+        "trainable": trainable, "frozen": frozen, "opt_state": opt_state,
+        "step": np.int64(0), "batches_seen": np.int64(0)}))
+    trainable, frozen, opt_state = state["trainable"], state["frozen"], state["opt_state"]
+    step, batches_seen = int(state["step"]), int(state["batches_seen"])
+    if os.path.exists(ids_path):
+      ids.restore(ids_path)
+    print(f"resuming {model_dir} from step {step}")
+  ids.save(ids_path)
+  metrics_path = os.path.join(model_dir, "train_metrics.jsonl")
+  _truncate_metrics(metrics_path, step)
+  if step >= train_steps:
+    print(f"{model_dir} is already at step {step} >= train_steps={train_steps}")
+    return {}
+
+  ds = source.get_dataset(sequence_length=task_feature_lengths, split="train", shuffle=True,
+                          seed=shuffle_seed, num_epochs=None, use_cached=False)
+  if model.config.family == "decoder":
+    ds = converters.prefix_lm(ds, task_feature_lengths["inputs"] + task_feature_lengths["targets"])
+  else:
+    ds = converters.encdec(ds, task_feature_lengths, pack=pack,
+                           passthrough=() if pack else converters.CONTEXT_FEATURES)
+  ds = ds.skip(batches_seen * batch_size)  # same data order as the uninterrupted run
+  batch_iter = converters.batches(ds, batch_size, drop_remainder=True)
+
+  logger = metrics.Logger(model_dir, total_steps=train_steps, batch_size=batch_size, start_step=step)
+  rng = jax.random.key(seed + 1)
+  last = {}
+  while step < train_steps:
+    batch = next(batch_iter)
+    batches_seen += 1
+    task_ids = batch.get("task_id")
+    with partitioner.mesh:
+      trainable, opt_state, m = step_fn(trainable, frozen, opt_state, partitioner.shard_batch(batch),
+                                        jax.random.fold_in(rng, step))
+    step += 1
+    loss = float(m["loss"])
+    if not math.isfinite(loss):
+      raise TrainingError(f"non-finite loss {loss} at step {step}; no checkpoint written for it "
+                          f"(last good: {ckpts.latest_step()})")
+    tokens = sum(int(np.sum(batch[k] > 0)) for k in ("encoder_input_tokens", "decoder_target_tokens")
+                 if k in batch)
+    last = logger.log(step, m, learning_rate, tokens, task_ids,
+                      force=step == train_steps or step % log_period == 0)
+    if step % checkpoint_period == 0 or step == train_steps:
+      ckpts.save(step, {"trainable": trainable, "frozen": frozen, "opt_state": opt_state,
+                        "step": np.int64(step), "batches_seen": np.int64(batches_seen)}, force=True)
+    if evaluator is not None and ((eval_period and step % eval_period == 0) or step == train_steps):
+      evaluator(model, merge_params(trainable, frozen), step)
+  logger.close()
+  ckpts.close()
+  return last
+
+
+def _load_initial(model, params, path):
+  from moe_jax.models import hf
+  if os.path.exists(os.path.join(path, "config.json")):
+    _, source = hf.load_hf_checkpoint(path, dtype=model.config.param_dtype)
+  else:
+    source = checkpoints.load_params(path)
+  return checkpoints.partial_restore(params, source, path)
