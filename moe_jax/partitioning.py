@@ -75,5 +75,9 @@ class Partitioner:
         out[k] = jax.make_array_from_callback(np.shape(v), sharding, lambda idx, v=v: v[idx])
     return out
 
+  def context(self):
+    """Makes the mesh current (for jit and logical-axis resolution)."""
+    return jax.set_mesh(self.mesh)
+
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, P())

@@ -8,6 +8,10 @@ from moe_jax import gin_utils
 
 
 def main() -> None:
+  import os
+  if os.environ.get("MOE_JAX_DISTRIBUTED"):  # set by launch/*.sh on every host
+    import jax
+    jax.distributed.initialize()  # TPU slices and SLURM are auto-detected
   from moe_jax import trainer
   import tasks  # noqa: F401  registers the seqio tasks and mixtures
   trainer.train(model=gin_utils.model())

@@ -140,7 +140,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   axes = model.param_logical_axes(init_batch)
   trainable_axes, frozen_axes = _subtree(axes, trainable), _subtree(axes, frozen)
   step_fn = TrainStep(model, partitioner, trainable_axes, learning_rate, decay_rate, grad_accum_steps)
-  with partitioner.mesh:
+  with partitioner.context():
     trainable = jax.device_put(trainable, partitioner.param_shardings(trainable_axes))
     frozen = jax.device_put(frozen, partitioner.param_shardings(frozen_axes))
     opt_state = step_fn.init_opt_state(trainable)
@@ -182,7 +182,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     batch = next(batch_iter)
     batches_seen += 1
     task_ids = batch.get("task_id")
-    with partitioner.mesh:
+    with partitioner.context():
       trainable, opt_state, m = step_fn(trainable, frozen, opt_state, partitioner.shard_batch(batch),
                                         jax.random.fold_in(rng, step))
     step += 1

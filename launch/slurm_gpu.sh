@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Multi-node GPU training under SLURM: one process per node, jax.distributed
+# initialised from SLURM's environment, the same train command as on one CPU.
+#
+#   launch/slurm_gpu.sh --nodes=4 --gpus-per-node=8 --partition=gpu -- \
+#     --gin_file=gin_configs/mov_t5_3b.gin --gin.MODEL_DIR=/shared/runs/mov_t5_3b \
+#     --gin.INITIAL_CHECKPOINT_PATH=/shared/ckpt/t5-v1_1-lm-adapt-xl
+#
+# --dry-run prints the sbatch script instead of submitting it.
+set -euo pipefail
+NODES=1 GPUS=8 PARTITION="" TIME="72:00:00" DRY=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --nodes=*) NODES="${1#*=}" ;;
+    --gpus-per-node=*) GPUS="${1#*=}" ;;
+    --partition=*) PARTITION="${1#*=}" ;;
+    --time=*) TIME="${1#*=}" ;;
+    --dry-run) DRY=1 ;;
+    --) shift; break ;;
+    *) echo "error: unknown option $1 (options before --, train flags after)" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ $# -gt 0 ]] || { echo "error: give the train flags after --" >&2; exit 2; }
+TRAIN_ARGS=$(printf ' %q' "$@")
+REPO_DIR=$(cd "$(dirname "$0")/.." && pwd)
+SCRIPT=$(cat <<SBATCH
+#!/usr/bin/env bash
+#SBATCH --job-name=moe-jax
+#SBATCH --nodes=$NODES
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=$GPUS
+#SBATCH --time=$TIME
+${PARTITION:+#SBATCH --partition=$PARTITION}
+cd $REPO_DIR
+srun env MOE_JAX_DISTRIBUTED=1 .venv/bin/python -m moe_jax.train$TRAIN_ARGS
+SBATCH
+)
+if [[ $DRY == 1 ]]; then printf '%s\n' "$SCRIPT"; else printf '%s\n' "$SCRIPT" | sbatch; fi
