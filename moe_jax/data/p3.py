@@ -51,7 +51,21 @@ def _rows(spec: DatasetSpec, split: str):
     return
   if source != "jsonl":
     raise ValueError(f"MOE_JAX_DATA_SOURCE={source!r}; expected one of {SOURCES}")
-  yield from jsonl.read_rows(spec.file(split))
+  yield from _parsed_rows(spec.file(split))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_file(path: str, mtime_ns: int) -> tuple:
+  return tuple(jsonl.read_rows(path))
+
+
+def _parsed_rows(path: str):
+  """A file's rows, parsed once per process: a mixture has one task per
+  template, so each file backs ~10 tasks, and JSON parsing dominated start-up."""
+  if not os.path.exists(path):
+    yield from jsonl.read_rows(path)  # raises the DataError naming the file
+    return
+  yield from _parsed_file(path, os.stat(path).st_mtime_ns)
 
 
 def _ordered_rows(spec, split, shuffle_seed):

@@ -18,11 +18,21 @@ def dataset_templates(dataset: str, subset: Optional[str]):
           f"the P3 templates need promptsource 0.2.3 ({e}); install it with `pip install --no-deps "
           "--ignore-requires-python promptsource==0.2.3` and `pip install 'setuptools<81'` "
           "(`make venv` does both)") from e
+  _cache_compiled_jinja()
   key = dataset if subset is None else f"{dataset}/{subset}"
   templates = DatasetTemplates(dataset, subset)
   if not templates.all_template_names:
     raise KeyError(f"promptsource has no templates for {key}")
   return templates
+
+
+def _cache_compiled_jinja() -> None:
+  """promptsource compiles a template's Jinja source on every apply (~2 ms, most
+  of the rendering time); the sources are a few hundred fixed strings, so we
+  memoise its environment's `from_string` (compiled templates are immutable)."""
+  from promptsource import templates as ps
+  if not hasattr(ps.env.from_string, "cache_info"):
+    ps.env.from_string = functools.lru_cache(maxsize=8192)(ps.env.from_string)
 
 
 def template_names(dataset: str, subset: Optional[str], original_task_only: bool = False) -> list[str]:
