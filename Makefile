@@ -1,33 +1,46 @@
 # The two commands a newcomer needs (see README):
-#   make demo   - run the main job
+#   make demo   - run the main job: train MoV on the T0 mixture, evaluate zero-shot
 #   make test   - run the default test suite
-# Both create .venv and install what is missing on first use.
+# Both create .venv and install what is missing on first use (the demo needs only
+# the runtime; tests add the PyTorch reference implementations).
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+TEST_STAMP := $(VENV)/.installed-test
+DEMO_DIR ?= runs/demo
 
-.PHONY: demo test test-all venv clean
+.PHONY: demo test test-all venv bench clean
 
-venv: $(STAMP)
+venv: $(TEST_STAMP)
 
-$(STAMP): setup.py
+$(RUNTIME_STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e .
 	# The real P3 templates: an sdist that declares Python<3.10 but works on 3.11.
 	$(PY) -m pip install --quiet --no-deps --ignore-requires-python promptsource==0.2.3
-	touch $(STAMP)
+	touch $(RUNTIME_STAMP)
 
-demo: $(STAMP)
-	$(PY) -m moe_jax.demo
+$(TEST_STAMP): $(RUNTIME_STAMP)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
 
-test: $(STAMP)
+# Each `make demo` starts afresh in $(DEMO_DIR) (a run there would otherwise resume).
+demo: $(RUNTIME_STAMP)
+	rm -rf $(DEMO_DIR)
+	$(PY) -m moe_jax.train --gin_file=gin_configs/demo.gin --gin.MODEL_DIR=$(DEMO_DIR)
+	@echo "run directory: $(DEMO_DIR) (checkpoints/, train_metrics.jsonl, tensorboard/, eval/)"
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-all: $(STAMP)
+test-all: $(TEST_STAMP)
 	$(PY) -m pytest -q tests
+
+bench: $(RUNTIME_STAMP)
+	$(PY) -m bench.train_step
 
 clean:
 	rm -rf $(VENV) .pytest_cache

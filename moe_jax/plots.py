@@ -21,6 +21,17 @@ def router_probabilities(model, params, batch) -> dict[str, np.ndarray]:
   return out
 
 
+_SHORT = (("encoder_decoder_attention", "cross"), ("self_attention", "self"), ("attention", "attn"),
+          ("encoder", "enc"), ("decoder", "dec"), ("layers_", ""), ("_adapter", ""), ("/", " "))
+
+
+def short_name(router_path: str) -> str:
+  """'decoder/layers_1/encoder_decoder_attention/k_adapter' -> 'dec 1 cross k'."""
+  for long, short in _SHORT:
+    router_path = router_path.replace(long, short)
+  return router_path
+
+
 def expert_heatmaps(per_task: dict[str, dict[str, np.ndarray]], path: str, title: str = "") -> str:
   """One panel per task: routers (rows, by layer) x experts (columns). Written atomically."""
   import matplotlib
@@ -29,10 +40,10 @@ def expert_heatmaps(per_task: dict[str, dict[str, np.ndarray]], path: str, title
   tasks = [t for t, p in per_task.items() if p]
   if not tasks:
     raise ValueError("no router statistics to plot (the method has no routers)")
-  routers = sorted(per_task[tasks[0]])
+  routers = list(per_task[tasks[0]])  # model order: encoder, then decoder, by layer
   experts = max(len(v) for v in per_task[tasks[0]].values())
-  fig, axes = plt.subplots(1, len(tasks), figsize=(2.2 + 1.6 * len(tasks), 1.0 + 0.18 * len(routers)),
-                           squeeze=False)
+  fig, axes = plt.subplots(1, len(tasks), figsize=(2.0 + 1.4 * len(tasks), 1.2 + 0.16 * len(routers)),
+                           squeeze=False, layout="constrained")
   for ax, task in zip(axes[0], tasks):
     grid = np.full((len(routers), experts), np.nan)
     for i, r in enumerate(routers):
@@ -42,10 +53,10 @@ def expert_heatmaps(per_task: dict[str, dict[str, np.ndarray]], path: str, title
     im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0)
     ax.set_title(task, fontsize=7)
     ax.set_xlabel("expert", fontsize=6)
-    ax.tick_params(labelsize=4)
+    ax.tick_params(labelsize=5)
     ax.set_yticks(range(len(routers)))
-    ax.set_yticklabels(routers if ax is axes[0][0] else [], fontsize=3)
-  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.6)
+    ax.set_yticklabels([short_name(r) for r in routers] if ax is axes[0][0] else [], fontsize=5)
+  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.6, pad=0.01)
   fig.suptitle(title or "mean expert probability per task and layer", fontsize=8)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp.png"

@@ -1,7 +1,7 @@
 """Load a T5 (random or from a local HF directory) and decode a few prompts.
 
-    python -m moe_jax.demo                       # random t5_1_1_tiny, T5 vocabulary
-    python -m moe_jax.demo --hf_dir=/path/to/flan-t5-small --beams=4
+    python -m moe_jax.decode_demo                       # random t5_1_1_tiny, T5 vocabulary
+    python -m moe_jax.decode_demo --hf_dir=/path/to/flan-t5-small --beams=4
 
 With random weights the output is gibberish by construction; the point is the
 path from text through the SentencePiece vocabulary, the KV-cached greedy and
