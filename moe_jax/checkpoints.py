@@ -44,7 +44,16 @@ class Checkpoints:
 def load_params(path: str) -> dict:
   """All parameters (trainable and frozen) of a moe-jax checkpoint directory
   (the run's `checkpoints/` folder or one `<step>` folder in it)."""
+  state = load_state(path)
+  flat = {**traverse_util.flatten_dict(state["frozen"]), **traverse_util.flatten_dict(state["trainable"])}
+  return traverse_util.unflatten_dict(flat)
+
+
+def load_state(path: str) -> dict:
+  """The saved state (trainable, frozen, opt_state, step, ...) as host arrays."""
   path = os.path.abspath(path)
+  if not os.path.exists(path):
+    raise CheckpointError(f"{path}: does not exist")
   step_dir = path
   if not os.path.exists(os.path.join(path, "default")) and not os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):
     steps = sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
@@ -59,8 +68,7 @@ def load_params(path: str) -> dict:
     raise CheckpointError(f"{step_dir}: unreadable checkpoint ({type(e).__name__}: {e})") from e
   if not isinstance(state, dict) or "trainable" not in state or "frozen" not in state:
     raise CheckpointError(f"{step_dir}: not a moe-jax training checkpoint")
-  flat = {**traverse_util.flatten_dict(state["frozen"]), **traverse_util.flatten_dict(state["trainable"])}
-  return traverse_util.unflatten_dict(flat)
+  return state
 
 
 def partial_restore(target: dict, source: dict, where: str) -> tuple[dict, list[str]]:
@@ -70,6 +78,15 @@ def partial_restore(target: dict, source: dict, where: str) -> tuple[dict, list[
   adapters). A shape mismatch or a source parameter the model lacks raises.
   """
   t, s = traverse_util.flatten_dict(target), traverse_util.flatten_dict(source)
+  check_compatible(target, source, where)
+  fresh = sorted("/".join(k) for k in set(t) - set(s))
+  merged = {k: (jax.numpy.asarray(s[k], t[k].dtype) if k in s else t[k]) for k in t}
+  return traverse_util.unflatten_dict(merged), fresh
+
+
+def check_compatible(target: dict, source: dict, where: str) -> None:
+  """Every source parameter exists in `target` (arrays or abstract shapes) with its shape."""
+  t, s = traverse_util.flatten_dict(target), traverse_util.flatten_dict(source)
   unknown = sorted("/".join(k) for k in set(s) - set(t))
   if unknown:
     raise CheckpointError(f"{where}: parameters not in the model: {unknown[:5]}")
@@ -77,6 +94,3 @@ def partial_restore(target: dict, source: dict, where: str) -> tuple[dict, list[
     if tuple(np.shape(v)) != tuple(np.shape(t[k])):
       raise CheckpointError(f"{where}: parameter {'/'.join(k)} has shape {tuple(np.shape(v))}, "
                             f"the model needs {tuple(np.shape(t[k]))}")
-  fresh = sorted("/".join(k) for k in set(t) - set(s))
-  merged = {k: (jax.numpy.asarray(s[k], t[k].dtype) if k in s else t[k]) for k in t}
-  return traverse_util.unflatten_dict(merged), fresh

@@ -3,29 +3,14 @@
 
 Zero-shot rank classification on the held-out suite; writes
 MODEL_DIR/eval/zero_shot.{json,md} and, for routed methods, expert_probs.png.
+The configurable pieces live in moe_jax/evaluation.py.
 """
-import sys
-
-import gin
-
 from moe_jax import gin_utils
 
 
-@gin.configurable
-def evaluate(checkpoint_path: str = gin.REQUIRED, evaluator=gin.REQUIRED):
-  from moe_jax import trainer
-  import tasks  # noqa: F401
-  model = gin_utils.model()
-  import jax
-  params = model.init(jax.random.key(0))
-  params, fresh = trainer._load_initial(model, params, checkpoint_path)
-  if fresh:
-    print(f"note: {len(fresh)} parameters are not in {checkpoint_path} and keep their initialisation")
-  return evaluator(model, params, step=None)
-
-
 def main() -> None:
-  evaluate()
+  from moe_jax import evaluation
+  evaluation.evaluate()
 
 
 if __name__ == "__main__":

@@ -64,3 +64,16 @@ class ZeroShotEvaluator:
       path = plots.expert_heatmaps(per_task, os.path.join(out_dir, "expert_probs.png"),
                                    f"mean expert probability per task and layer (step {step})")
       print(f"wrote {path}")
+
+
+@gin.configurable
+def evaluate(checkpoint_path: str = gin.REQUIRED, evaluator=gin.REQUIRED) -> dict:
+  """Loads a checkpoint (moe-jax run or HF directory) into the configured model and evaluates it."""
+  from moe_jax import gin_utils, trainer
+  import tasks  # noqa: F401  registers the seqio tasks
+  model = gin_utils.model()
+  params = model.init(jax.random.key(0))
+  params, fresh = trainer._load_initial(model, params, checkpoint_path)
+  if fresh:
+    print(f"note: {len(fresh)} parameters are not in {checkpoint_path} and keep their initialisation")
+  return evaluator(model, params, step=None)

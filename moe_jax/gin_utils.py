@@ -91,10 +91,14 @@ def run(main_fn, argv=None) -> int:
   from moe_jax.checkpoints import CheckpointError
   from moe_jax.data.jsonl import DataError
   from moe_jax.models.hf import CheckpointError as HFCheckpointError
+  from moe_jax.trainer import TrainingError
   argv = sys.argv[1:] if argv is None else argv
   try:
     configure(argv)
     main_fn()
+  except TrainingError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   except (ValueError, KeyError, FileNotFoundError, CheckpointError, HFCheckpointError, DataError) as e:
     print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
     return 2

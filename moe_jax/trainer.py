@@ -93,6 +93,8 @@ class TrainStep:
     stats = m.pop("router_stats", {})
     m["router_entropy"] = metrics.mean_router_entropy(stats)
     m["grad_norm"] = optax.global_norm(grads)
+    # A finite loss can still come with a poisoned update; never checkpoint it.
+    m["params_finite"] = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(trainable)]))
     return trainable, opt_state, m
 
   def __call__(self, trainable, frozen, opt_state, batch, rng):
@@ -186,10 +188,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
       trainable, opt_state, m = step_fn(trainable, frozen, opt_state, partitioner.shard_batch(batch),
                                         jax.random.fold_in(rng, step))
     step += 1
-    loss = float(m["loss"])
-    if not math.isfinite(loss):
-      raise TrainingError(f"non-finite loss {loss} at step {step}; no checkpoint written for it "
-                          f"(last good: {ckpts.latest_step()})")
+    _check_finite(m, step, ckpts.latest_step())
     tokens = sum(int(np.sum(batch[k] > 0)) for k in ("encoder_input_tokens", "decoder_target_tokens")
                  if k in batch)
     last = logger.log(step, m, learning_rate, tokens, task_ids,
@@ -202,6 +201,16 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   logger.close()
   ckpts.close()
   return last
+
+
+def _check_finite(m, step, last_saved):
+  loss, gnorm, params_ok = float(m["loss"]), float(m["grad_norm"]), bool(m.pop("params_finite"))
+  if math.isfinite(loss) and math.isfinite(gnorm) and params_ok:
+    return
+  what = (f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {gnorm}" if not math.isfinite(gnorm)
+          else "non-finite parameters after the update")
+  raise TrainingError(f"training diverged at step {step}: {what}; nothing was saved for this step "
+                      f"(last checkpoint: {last_saved if last_saved is not None else 'none'})")
 
 
 def _load_initial(model, params, path):

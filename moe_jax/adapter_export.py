@@ -1,0 +1,79 @@
+"""Adapter-only export and MOELoRA per-task merged HF checkpoints (the
+gin-configurable `export` that `python -m moe_jax.export` runs; see there)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+import gin
+import numpy as np
+from flax import traverse_util
+
+from moe_jax import gin_utils
+
+ADAPTERS_FILE = "adapters.safetensors"
+
+
+def save_adapters(trainable: dict, path: str, metadata: Optional[dict] = None) -> str:
+  """Writes the trainable parameters as one safetensors file, atomically."""
+  from moe_jax.models import safetensors_io
+  flat = traverse_util.flatten_dict(trainable)
+  tensors = {"/".join(k): np.asarray(v, np.float32) for k, v in flat.items()}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  safetensors_io.save(tmp, tensors, {"format": "moe-jax-adapters", **(metadata or {})})
+  os.replace(tmp, path)
+  return path
+
+
+def load_adapters(path: str) -> dict:
+  """The nested parameter dict written by `save_adapters`."""
+  from moe_jax.models import safetensors_io
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no adapter file")
+  return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in safetensors_io.load(path).items()})
+
+
+def _task_ids(checkpoint_path: str) -> dict:
+  run_dir = os.path.abspath(checkpoint_path)
+  while run_dir != "/" and not os.path.exists(os.path.join(run_dir, "ids.json")):
+    run_dir = os.path.dirname(run_dir)
+  path = os.path.join(run_dir, "ids.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no ids.json in {checkpoint_path} or its parents (the run's task ids)")
+  with open(path) as f:
+    return json.load(f)["task_ids"]
+
+
+def merged_exports(model, params, task_ids: dict, merge_tasks: Sequence[str], out_dir: str) -> list[str]:
+  """MOELoRA: one HF checkpoint per task with that task's weights merged in."""
+  from moe_jax.models import build_model, save_hf_checkpoint
+  from moe_jax.peft import MOELoRA
+  if not isinstance(model.adapters, MOELoRA):
+    raise ValueError(f"MERGE_TASKS needs a MOELoRA model; this one uses {type(model.adapters).__name__}")
+  unknown = [t for t in merge_tasks if t not in task_ids]
+  if unknown:
+    raise KeyError(f"MERGE_TASKS {unknown} are not in the run's task ids {sorted(task_ids)}")
+  plain = build_model(model.config)
+  return [save_hf_checkpoint(plain, model.adapters.merge_task(params, task_ids[t]),
+                             os.path.join(out_dir, "merged", t), overwrite=True) for t in merge_tasks]
+
+
+@gin.configurable
+def export(checkpoint_path: str = gin.REQUIRED, export_dir: str = gin.REQUIRED,
+           merge_tasks: Sequence[str] = ()) -> list[str]:
+  from moe_jax import checkpoints
+  model = gin_utils.model()
+  state = checkpoints.load_state(checkpoint_path)
+  params = checkpoints.load_params(checkpoint_path)
+  # A checkpoint of another model or method would export silently wrong weights.
+  import flax.linen as nn
+  checkpoints.check_compatible(nn.unbox(model.abstract_variables()["params"]), params, checkpoint_path)
+  written = [save_adapters(state["trainable"], os.path.join(export_dir, ADAPTERS_FILE),
+                           {"step": str(int(state["step"]))})]
+  if merge_tasks:
+    written += merged_exports(model, params, _task_ids(checkpoint_path), merge_tasks, export_dir)
+  for w in written:
+    print(f"wrote {w}")
+  return written
