@@ -1,0 +1,51 @@
+"""train_metrics.jsonl / TensorBoard logging, router entropy and the expert plot."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_jax import metrics, plots
+from moe_jax.peft import MoV
+from tests.peft import common
+
+
+def test_router_entropy_of_uniform_and_one_hot():
+  uniform, one_hot = jnp.full((5, 4), 0.25), jax.nn.one_hot(jnp.arange(5) % 4, 4)
+  np.testing.assert_allclose(metrics.mean_router_entropy({"a": uniform}), np.log(4), rtol=1e-6)
+  np.testing.assert_allclose(metrics.mean_router_entropy({"a": uniform, "b": one_hot}), np.log(4) / 2, rtol=1e-5)
+  assert float(metrics.mean_router_entropy({})) == 0.0
+
+
+def test_logger_writes_jsonl_tensorboard_and_per_task_loss(tmp_path, capsys):
+  logger = metrics.Logger(str(tmp_path), total_steps=4, batch_size=2, start_step=0)
+  m = {"loss": 2.0, "cross_entropy": 1.9, "router_entropy": 0.5,
+       "per_example_cross_entropy": np.array([1.0, 3.0])}
+  assert logger.log(1, m, 1e-3, 10, np.array([0, 1])) == {}  # not a logging step
+  row = logger.log(2, dict(m, per_example_cross_entropy=np.array([5.0, 7.0])), 1e-3, 10, np.array([0, 0]),
+                   force=True)
+  logger.close()
+  rows = [json.loads(l) for l in open(tmp_path / "train_metrics.jsonl")]
+  assert rows == [row] and row["step"] == 2 and row["learning_rate"] == 1e-3
+  assert row["tokens_per_sec"] > 0 and row["router_entropy"] == 0.5
+  # Per-task loss averages every example seen since the last logged step.
+  assert row["task_loss"] == {"0": pytest.approx((1.0 + 5.0 + 7.0) / 3), "1": pytest.approx(3.0)}
+  assert os.listdir(tmp_path / "tensorboard" / "train")
+  assert "step 2/4 | loss 2.0000" in capsys.readouterr().err
+
+
+def test_expert_plot_from_router_probabilities(tmp_path):
+  model, params = common.make("t5", MoV(num_experts=3))
+  probs = plots.router_probabilities(model, params, common.batch("t5"))
+  assert probs and all(v.shape == (3,) for v in probs.values())
+  np.testing.assert_allclose([v.sum() for v in probs.values()], 1.0, rtol=1e-5)
+  names = list(probs)
+  assert names[0].startswith("encoder/layers_0") and names[-1].startswith("decoder/layers_1")  # model order
+  path = plots.expert_heatmaps({"rte": probs, "cb": probs}, str(tmp_path / "p.png"))
+  assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  assert not [f for f in os.listdir(tmp_path) if "tmp" in f]
+  assert plots.short_name("decoder/layers_1/encoder_decoder_attention/k_adapter") == "dec 1 cross k"
+  with pytest.raises(ValueError, match="no router statistics"):
+    plots.expert_heatmaps({"rte": {}}, str(tmp_path / "q.png"))
