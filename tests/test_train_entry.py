@@ -1,6 +1,7 @@
 """The gin entry point: flag parsing, bad input, paper presets, train + resume."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -41,12 +42,29 @@ def test_paper_presets_parse_and_build_abstractly(preset):
     gin.clear_config()
 
 
+def _run(module, args, timeout=600):
+  return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=timeout)
+
+
 def _train(model_dir, steps, extra=()):
-  return subprocess.run(
-      [sys.executable, "-m", "moe_jax.train", "--gin_file=gin_configs/demo.gin", f"--gin.MODEL_DIR={model_dir}",
-       f"--gin.TRAIN_STEPS={steps}", "--gin.MIXTURE_OR_TASK_NAME=rotten_tomatoes_Movie_Expressed_Sentiment",
-       "--gin.CHECKPOINT_PERIOD=20", "--gin.LOG_PERIOD=10", "--gin.EVALUATOR=None", *extra],
-      cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+  return _run("moe_jax.train", [
+      "--gin_file=gin_configs/demo.gin", f"--gin.MODEL_DIR={model_dir}", f"--gin.TRAIN_STEPS={steps}",
+      "--gin.MIXTURE_OR_TASK_NAME=rotten_tomatoes_Movie_Expressed_Sentiment",
+      "--gin.CHECKPOINT_PERIOD=20", "--gin.LOG_PERIOD=10", "--gin.EVALUATOR=None", *extra])
+
+
+@pytest.fixture(scope="module")
+def run40(tmp_path_factory):
+  """A 40-step MoV run (checkpoints at 20 and 40) shared by the tests below."""
+  run = tmp_path_factory.mktemp("run") / "run"
+  out = _train(run, 40)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return run
+
+
+def _leftovers(path):
+  return sorted(os.listdir(path)) if os.path.exists(path) else []
 
 
 def test_bad_inputs_exit_nonzero_with_a_message(tmp_path):
@@ -54,13 +72,43 @@ def test_bad_inputs_exit_nonzero_with_a_message(tmp_path):
   assert out.returncode == 2 and "frobnicate" in out.stderr
   out = _train(tmp_path / "b", 5, ["--gin.MIXTURE_OR_TASK_NAME=t0_trian"])
   assert out.returncode == 2 and "t0_train" in out.stderr
-  assert not os.path.exists(tmp_path / "b" / "checkpoints") or not os.listdir(tmp_path / "b" / "checkpoints")
+  assert not _leftovers(tmp_path / "b" / "checkpoints")
 
 
-def test_train_then_resume_appends_steps(tmp_path):
+def test_missing_and_mismatched_checkpoints_are_named(run40, tmp_path):
+  out = _train(tmp_path / "a", 5, [f"--gin.INITIAL_CHECKPOINT_PATH={tmp_path / 'nope'}"])
+  assert out.returncode == 2 and f"{tmp_path / 'nope'}: does not exist" in out.stderr
+  out = _train(tmp_path / "b", 5, [f"--gin.INITIAL_CHECKPOINT_PATH={run40 / 'checkpoints'}",
+                                   "--gin.MoV.num_experts=4"])
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "k_adapter/experts has shape (10, 4, 16), the model needs (4, 4, 16)" in out.stderr
+  assert not _leftovers(tmp_path / "a" / "checkpoints") and not _leftovers(tmp_path / "b" / "checkpoints")
+
+
+def test_unparsable_data_file_names_file_and_line(tmp_path):
+  from moe_jax import paths
+  data = tmp_path / "data"
+  (data / "rotten_tomatoes" / "_").mkdir(parents=True)
+  os.symlink(os.path.join(paths.data_dir(), "t5_vocab"), data / "t5_vocab")
+  good = open(os.path.join(paths.data_dir(), "rotten_tomatoes", "_", "train.jsonl")).readlines()[:3]
+  (data / "rotten_tomatoes" / "_" / "train.jsonl").write_text("".join(good) + '{"text": "cut off\n')
+  out = _train(tmp_path / "run", 5, [f"--gin.DATA_DIR={data}"])
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "rotten_tomatoes/_/train.jsonl:4: invalid JSON" in out.stderr
+  assert not _leftovers(tmp_path / "run" / "checkpoints")
+
+
+def test_divergence_stops_before_any_checkpoint(tmp_path):
+  out = _train(tmp_path / "run", 5, ["--gin.LEARNING_RATE=1e999", "--gin.CHECKPOINT_PERIOD=1"])
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert "training diverged at step 1" in out.stderr and "last checkpoint: none" in out.stderr
+  assert not _leftovers(tmp_path / "run" / "checkpoints")
+  assert not os.path.exists(tmp_path / "run" / "eval")
+
+
+def test_train_then_resume_appends_steps(run40, tmp_path):
   run = tmp_path / "run"
-  first = _train(run, 40)
-  assert first.returncode == 0, first.stderr[-2000:]
+  shutil.copytree(run40, run)
   rows = [json.loads(l) for l in open(run / "train_metrics.jsonl")]
   assert [r["step"] for r in rows] == [10, 20, 30, 40]
   assert all({"loss", "learning_rate", "tokens_per_sec"} <= set(r) for r in rows)
@@ -72,3 +120,37 @@ def test_train_then_resume_appends_steps(tmp_path):
   assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
   assert "60" in os.listdir(run / "checkpoints")
   assert os.listdir(run / "tensorboard" / "train")
+
+
+MODEL_FILES = ["--gin_file=gin_configs/models/t5_1_1_tiny.gin", "--gin_file=gin_configs/methods/mov.gin"]
+
+
+def test_eval_infer_and_export_entry_points(run40, tmp_path):
+  ckpt = run40 / "checkpoints"
+  out = _run("moe_jax.eval", ["--gin_file=gin_configs/runs/eval.gin", *MODEL_FILES,
+                              f"--gin.CHECKPOINT_PATH={ckpt}", f"--gin.MODEL_DIR={tmp_path / 'ev'}",
+                              "--gin.EVAL_DATASETS=['super_glue_cb']", "--gin.EVAL_MAX_EXAMPLES_PER_TEMPLATE=2",
+                              "--gin.EVAL_FEATURE_LENGTHS={'inputs': 256, 'targets': 16}"])
+  assert out.returncode == 0, out.stderr[-2000:]
+  report = json.load(open(tmp_path / "ev" / "eval" / "zero_shot.json"))
+  assert [d["dataset"] for d in report["datasets"]] == ["super_glue_cb"]
+  assert all(t["examples"] == 2 for t in report["datasets"][0]["templates"])
+  assert "| super_glue_cb | 15 | 2 |" in out.stdout
+
+  inputs = tmp_path / "in.jsonl"
+  inputs.write_text('{"inputs": "Is this review positive? Great film."}\n{"inputs": "Summarise: a b c"}\n')
+  out = _run("moe_jax.infer", ["--gin_file=gin_configs/runs/infer.gin", *MODEL_FILES,
+                               f"--gin.CHECKPOINT_PATH={ckpt}", f"--gin.MODEL_DIR={tmp_path / 'inf'}",
+                               f"--gin.INFER_INPUTS={inputs}", "--gin.MAX_DECODE_LENGTH=4"])
+  assert out.returncode == 0, out.stderr[-2000:]
+  preds = [json.loads(l) for l in open(tmp_path / "inf" / "infer" / "predictions.jsonl")]
+  assert [p["inputs"] for p in preds] == ["Is this review positive? Great film.", "Summarise: a b c"]
+  assert all(len(p["prediction_ids"]) == 4 and isinstance(p["prediction"], str) for p in preds)
+
+  out = _run("moe_jax.export", ["--gin_file=gin_configs/runs/export.gin", *MODEL_FILES,
+                                f"--gin.CHECKPOINT_PATH={ckpt}", f"--gin.EXPORT_DIR={tmp_path / 'exp'}"])
+  assert out.returncode == 0, out.stderr[-2000:]
+  from moe_jax import adapter_export
+  adapters = adapter_export.load_adapters(str(tmp_path / "exp" / "adapters.safetensors"))
+  assert "encoder" in adapters and all("_adapter" in "/".join(k) for k in
+                                       __import__("flax").traverse_util.flatten_dict(adapters))
