@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -18,3 +20,36 @@ def test_data_model_mesh_matches_one_device():
     assert abs(a - b) <= 1e-5 * max(1.0, abs(b))
   assert r["max_param_diff"] <= 1e-5
   assert r["loss_8"][0] != r["loss_8"][-1]  # training did something
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_joined_by_jax_distributed_agree_on_the_loss():
+  script = os.path.join(REPO, "tests", "multidevice", "two_process_train.py")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  port = str(_free_port())
+  procs = [subprocess.Popen([sys.executable, script, port, str(i)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env) for i in range(2)]
+  try:
+    results = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:  # a hung peer must not outlive the test
+      if p.poll() is None:
+        p.kill()
+  for p, (_, stderr) in zip(procs, results):
+    assert p.returncode == 0, stderr[-3000:]
+  outs = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in results]
+  single = subprocess.run([sys.executable, script, "single"], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=300)
+  assert single.returncode == 0, single.stderr[-3000:]
+  ref = json.loads(single.stdout.strip().splitlines()[-1])
+  assert [o["process"] for o in outs] == [0, 1] and all(o["processes"] == 2 and o["devices"] == 2 for o in outs)
+  for phase in ("data_parallel", "model_parallel"):
+    assert outs[0][phase] == outs[1][phase]  # one global computation: identical on both hosts
+    np.testing.assert_allclose(outs[0][phase], ref[phase], rtol=1e-5)  # and equal to one device
+  assert len(set(ref["data_parallel"])) == 3  # the steps changed the loss

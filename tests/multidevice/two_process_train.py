@@ -1,0 +1,58 @@
+"""One of two processes joined by jax.distributed on localhost (1 CPU device each).
+
+    python two_process_train.py PORT PROCESS_ID   # run twice, ids 0 and 1
+    python two_process_train.py single            # the same steps in one process
+
+Both processes take the same global batches (each keeps its half on its
+device, as on a multi-host pod); the model axis spans the two processes too
+(mesh (1, 2)) in the second phase. Prints the losses as JSON.
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+if sys.argv[1] != "single":
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
+
+from moe_jax import partitioning, trainer  # noqa: E402
+from moe_jax.models import T5Config, build_model  # noqa: E402
+from moe_jax.peft import MoV  # noqa: E402
+from moe_jax.peft.trainable import trainable_mask  # noqa: E402
+
+cfg = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_heads=4, num_encoder_layers=1,
+               num_decoder_layers=1)
+model = build_model(cfg, MoV(num_experts=4))
+rng = np.random.RandomState(0)  # same seed everywhere: every process holds the global batch
+batches = [{"encoder_input_tokens": rng.randint(2, 64, (4, 10)).astype(np.int32),
+            "decoder_input_tokens": rng.randint(2, 64, (4, 5)).astype(np.int32),
+            "decoder_target_tokens": rng.randint(2, 64, (4, 5)).astype(np.int32)} for _ in range(3)]
+params = jax.device_get(model.init(jax.random.key(0), batches[0]))
+axes = model.param_logical_axes(batches[0])
+
+
+def run(mesh):
+  part = partitioning.Partitioner(mesh)
+  tr, fr = trainer.split_params(params, trainable_mask(params))
+  tr_axes, fr_axes = trainer._subtree(axes, tr), trainer._subtree(axes, fr)
+  step = trainer.TrainStep(model, part, tr_axes, learning_rate=1e-3)
+  losses = []
+  with part.context():
+    tr = jax.device_put(tr, part.param_shardings(tr_axes))
+    fr = jax.device_put(fr, part.param_shardings(fr_axes))
+    opt = step.init_opt_state(tr)
+    for i, b in enumerate(batches):
+      tr, opt, m = step(tr, fr, opt, part.shard_batch(b), jax.random.key(i))
+      losses.append(float(m["loss"]))
+  return losses
+
+
+n = jax.device_count()
+print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(), "devices": n,
+                  "data_parallel": run(partitioning.make_mesh(n, 1)),
+                  "model_parallel": run(partitioning.make_mesh(1, n))}), flush=True)
