@@ -128,6 +128,40 @@ def _dataset_fn(spec, template_name, score_eval, split, shuffle_files=False, see
   return tf.data.Dataset.from_generator(gen, output_signature=_SCORE_SIGNATURE if score_eval else _SIGNATURE)
 
 
+SUBSAMPLE_SEED = 0
+_SCORE_TASKS: dict[str, tuple[DatasetSpec, str]] = {}  # score-eval task name -> (spec, template)
+
+
+def is_score_task(name: str) -> bool:
+  return name in _SCORE_TASKS
+
+
+def sample_score_rows(name: str, split: str, num_examples: int, seed: int = SUBSAMPLE_SEED) -> list[dict]:
+  """Tokenised rank-classification rows of `num_examples` examples drawn at random
+  (fixed seed) from the whole split, in row order. Rows are visited in a seeded
+  permutation and only those needed are rendered, so a small, unbiased subsample
+  of a large split is cheap (taking the first rows is biased: ANLI R3's dev
+  split starts with 16 'entailment' rows). The same rows for every template of
+  a dataset, except where a guarded template skips a row."""
+  spec, template = _SCORE_TASKS[name]
+  if split not in dict(spec.splits):
+    raise ValueError(f"{name} has no split {split!r}; splits: {[s for s, _ in spec.splits]}")
+  v = vocab.t5_vocabulary()
+  chosen: dict[int, list[dict]] = {}
+  for ex in _examples(spec, template, True, split, shuffle_seed=seed):
+    if ex["idx"] not in chosen:
+      if len(chosen) == num_examples:
+        break
+      chosen[ex["idx"]] = []
+    chosen[ex["idx"]].append(ex)
+  out = []
+  for idx in sorted(chosen):
+    for ex in chosen[idx]:  # as seqio's tokenize + append_eos would produce them
+      out.append(dict(ex, inputs=np.asarray(v.encode(ex["inputs"]) + [1], np.int32),
+                      targets=np.asarray(v.encode(ex["targets"]) + [1], np.int32)))
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class RegisteredTask:
   name: str
@@ -152,6 +186,7 @@ def register(spec: DatasetSpec, *, original_task_only: bool = False) -> list[Reg
     score_name = None
     if tpl[template_name].answer_choices:
       score_name = f"{name}_score_eval"
+      _SCORE_TASKS[score_name] = (spec, template_name)
       _add(score_name, seqio.FunctionDataSource(
           functools.partial(_dataset_fn, spec, template_name, True), splits=splits), preprocessors, features)
     out.append(RegisteredTask(name, spec, template_name, score_name))

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import seqio
 
-from moe_jax.data import converters
+from moe_jax.data import converters, p3
 
 ScoreFn = Callable[[dict], np.ndarray]  # batch -> [B] summed target log-likelihood
 
@@ -33,7 +33,11 @@ class EvalDataset:
 
 
 def _example_rows(task: seqio.Task, split: str, max_examples: Optional[int]):
-  """Tokenised score-eval rows (untrimmed), stopping after `max_examples` distinct examples."""
+  """Tokenised score-eval rows (untrimmed): all, or `max_examples` examples, a
+  fixed random subsample for P3 tasks (see p3.sample_score_rows), else the first."""
+  if max_examples is not None and p3.is_score_task(task.name):
+    yield from p3.sample_score_rows(task.name, split, max_examples)
+    return
   ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False)
   seen = []
   for row in ds.as_numpy_iterator():
@@ -125,7 +129,8 @@ def markdown(report: dict) -> str:
     lines.append(f"| {d['dataset']} | {len(d['templates'])} | {d['examples_per_template']} | "
                  f"{100 * d['median_accuracy']:.1f} | {d['truncated']} |")
   lines.append(f"| **average** | | | **{100 * report['average']:.1f}** | |")
-  note = (f"\nFixed subsample: the first {cap} examples of each template's split."
+  note = (f"\nFixed subsample: {cap} examples per template, drawn at random (seed {p3.SUBSAMPLE_SEED}) "
+          "from the whole split (the same rows for every template of a dataset)."
           if cap else "\nAll examples of each split.")
   return "\n".join(lines) + note + "\n"
 

@@ -78,4 +78,28 @@ def test_removed_dataset_is_reported_missing(tmp_path, monkeypatch):
   assert cb["status"] == "ok" and len(cb["templates"]) == 15 and cb["examples_per_template"] == 2
   json_path, md_path = rank_eval.write_report(report, str(tmp_path / "out"))
   md = open(md_path).read()
-  assert "| anli_r1 | - | - | missing | - |" in md and "first 2 examples" in md
+  assert "| anli_r1 | - | - | missing | - |" in md and "2 examples per template, drawn at random" in md
+
+
+def test_subsample_spans_the_split_and_matches_the_seqio_pipeline():
+  from moe_jax.data import p3
+  task = "anli_GPT_3_style_r3_score_eval"
+  rows = p3.sample_score_rows(task, "validation", 24)
+  idx = sorted({int(r["idx"]) for r in rows})
+  assert len(idx) == 24 and len(rows) == 3 * 24  # three choices per ANLI example
+  assert idx == sorted(p3.sample_score_rows(task, "validation", 24, seed=p3.SUBSAMPLE_SEED)[i]["idx"]
+                       for i in range(0, 72, 3))  # fixed: the same draw every time
+  assert idx[-1] > 500  # drawn from the whole split (1200 rows), not its head
+  gold = {int(r["idx"]): int(r["choice_idx"]) for r in rows if r["is_correct"]}
+  assert len(set(gold.values())) == 3  # the first 16 rows are all label 0; a random draw is not
+  # Token for token what seqio's tokenize + append_eos produce for those rows.
+  ds = seqio.get_mixture_or_task(task).get_dataset(sequence_length=None, split="validation", shuffle=False)
+  reference = {(int(r["idx"]), int(r["choice_idx"])): r for r in ds.take(3 * 1200).as_numpy_iterator()
+               if int(r["idx"]) in set(idx[:3])}
+  for r in rows:
+    if (int(r["idx"]), int(r["choice_idx"])) in reference:
+      ref = reference[(int(r["idx"]), int(r["choice_idx"]))]
+      np.testing.assert_array_equal(r["inputs"], ref["inputs"])
+      np.testing.assert_array_equal(r["targets"], ref["targets"])
+      assert bool(r["is_correct"]) == bool(ref["is_correct"])
+  assert len(reference) == 9
