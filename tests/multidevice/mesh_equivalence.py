@@ -9,10 +9,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from moe_jax import partitioning, trainer  # noqa: E402
+import sharded_steps  # noqa: E402  (beside this script)
+from moe_jax import partitioning  # noqa: E402
 from moe_jax.models import T5Config, build_model  # noqa: E402
 from moe_jax.peft import MoV  # noqa: E402
-from moe_jax.peft.trainable import trainable_mask  # noqa: E402
 
 cfg = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_heads=4, num_encoder_layers=2,
                num_decoder_layers=2)
@@ -26,21 +26,10 @@ axes = model.param_logical_axes(batches[0])
 
 
 def run(mesh):
-  part = partitioning.Partitioner(mesh)
-  tr, fr = trainer.split_params(params, trainable_mask(params))
-  tr_axes, fr_axes = trainer._subtree(axes, tr), trainer._subtree(axes, fr)
   # Adafactor divides by RMS(grad): reduction-order noise on ~0 gradients becomes
   # steps of size ~lr, so a small lr keeps the 1e-5 comparison meaningful.
-  step = trainer.TrainStep(model, part, tr_axes, learning_rate=1e-4)
-  with part.context():
-    tr = jax.device_put(tr, part.param_shardings(tr_axes))
-    fr = jax.device_put(fr, part.param_shardings(fr_axes))
-    opt = step.init_opt_state(tr)
-    losses = []
-    for i, b in enumerate(batches):
-      tr, opt, m = step(tr, fr, opt, part.shard_batch(b), jax.random.key(i))
-      losses.append(float(m["loss"]))
-  return losses, jax.device_get(tr), tr
+  losses, placed = sharded_steps.run(model, params, axes, batches, mesh, learning_rate=1e-4)
+  return losses, jax.device_get(placed), placed
 
 
 l8, p8, sharded = run(partitioning.make_mesh(4, 2))

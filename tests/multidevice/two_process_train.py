@@ -20,10 +20,10 @@ if sys.argv[1] != "single":
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
 
-from moe_jax import partitioning, trainer  # noqa: E402
+import sharded_steps  # noqa: E402  (beside this script)
+from moe_jax import partitioning  # noqa: E402
 from moe_jax.models import T5Config, build_model  # noqa: E402
 from moe_jax.peft import MoV  # noqa: E402
-from moe_jax.peft.trainable import trainable_mask  # noqa: E402
 
 cfg = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_heads=4, num_encoder_layers=1,
                num_decoder_layers=1)
@@ -37,19 +37,7 @@ axes = model.param_logical_axes(batches[0])
 
 
 def run(mesh):
-  part = partitioning.Partitioner(mesh)
-  tr, fr = trainer.split_params(params, trainable_mask(params))
-  tr_axes, fr_axes = trainer._subtree(axes, tr), trainer._subtree(axes, fr)
-  step = trainer.TrainStep(model, part, tr_axes, learning_rate=1e-3)
-  losses = []
-  with part.context():
-    tr = jax.device_put(tr, part.param_shardings(tr_axes))
-    fr = jax.device_put(fr, part.param_shardings(fr_axes))
-    opt = step.init_opt_state(tr)
-    for i, b in enumerate(batches):
-      tr, opt, m = step(tr, fr, opt, part.shard_batch(b), jax.random.key(i))
-      losses.append(float(m["loss"]))
-  return losses
+  return sharded_steps.run(model, params, axes, batches, mesh, learning_rate=1e-3)[0]
 
 
 n = jax.device_count()
