@@ -66,7 +66,7 @@ def export(checkpoint_path: str = gin.REQUIRED, export_dir: str = gin.REQUIRED,
   from moe_jax import checkpoints
   model = gin_utils.model()
   state = checkpoints.load_state(checkpoint_path)
-  params = checkpoints.load_params(checkpoint_path)
+  params = checkpoints.params_of(state)  # one restore serves both outputs
   # A checkpoint of another model or method would export silently wrong weights.
   import flax.linen as nn
   checkpoints.check_compatible(nn.unbox(model.abstract_variables()["params"]), params, checkpoint_path)

@@ -9,7 +9,7 @@ checkpoint as the latest loadable one.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import numpy as np
@@ -44,7 +44,11 @@ class Checkpoints:
 def load_params(path: str) -> dict:
   """All parameters (trainable and frozen) of a moe-jax checkpoint directory
   (the run's `checkpoints/` folder or one `<step>` folder in it)."""
-  state = load_state(path)
+  return params_of(load_state(path))
+
+
+def params_of(state: dict) -> dict:
+  """The full parameter tree of a saved state (trainable and frozen merged)."""
   flat = {**traverse_util.flatten_dict(state["frozen"]), **traverse_util.flatten_dict(state["trainable"])}
   return traverse_util.unflatten_dict(flat)
 

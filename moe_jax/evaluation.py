@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Optional
 
 import gin
 import jax
-import numpy as np
 
 from moe_jax import plots
 

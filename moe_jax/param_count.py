@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import jax
 from flax import linen as nn
 
 from moe_jax.models import build_model, get_preset

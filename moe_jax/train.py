@@ -2,7 +2,6 @@
 
 Trains (or resumes) the configured run; see gin_configs/runs/finetune.gin.
 """
-import sys
 
 from moe_jax import gin_utils
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-import time
-from typing import Any, Optional
+from typing import Optional
 
 import gin
 import jax
@@ -24,7 +22,6 @@ from flax import traverse_util
 
 from moe_jax import checkpoints, metrics, optim, partitioning
 from moe_jax.models.api import BaseModel
-from moe_jax.peft import sites
 from moe_jax.peft.trainable import trainable_mask
 
 
@@ -204,7 +201,9 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
 
 
 def _check_finite(m, step, last_saved):
-  loss, gnorm, params_ok = float(m["loss"]), float(m["grad_norm"]), bool(m.pop("params_finite"))
+  # One device->host transfer for the three scalars the loop must see each step.
+  host = jax.device_get({k: m[k] for k in ("loss", "grad_norm")} | {"ok": m.pop("params_finite")})
+  loss, gnorm, params_ok = float(host["loss"]), float(host["grad_norm"]), bool(host["ok"])
   if math.isfinite(loss) and math.isfinite(gnorm) and params_ok:
     return
   what = (f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {gnorm}" if not math.isfinite(gnorm)

@@ -1,7 +1,7 @@
 """Dense projection whose kernel carries logical axis names."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import flax.linen as nn
 import jax

@@ -6,7 +6,6 @@ Parameter names follow the t5x decoder layout (`layers_i/self_attention`,
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from moe_jax.layers.attention import Attention

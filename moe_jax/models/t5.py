@@ -6,10 +6,8 @@ scaling and no biases. Every projection is an adapter site (see peft/sites.py).
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from moe_jax.layers.attention import Attention

@@ -18,7 +18,6 @@ touching any existing parameter. Domain ids index `domains` in order.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import flax.linen as nn
 import jax
