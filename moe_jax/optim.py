@@ -2,28 +2,105 @@
 
 T5X's defaults (Shazeer & Stern 2018): second moments factored into row and
 column statistics for matrices, decay 1 - t^-0.8, updates clipped to RMS 1,
-multiplied by the parameter's RMS scale (floored at 1e-3), no momentum. Like
-T5X's factor rules, parameters with an `expert` or `rank` logical axis keep
-unfactored second moments: factoring over those small axes would tie
-unrelated experts together.
+multiplied by the parameter's RMS scale (floored at 1e-3), no momentum.
+
+Factoring follows t5x's logical factor rules (t5x/adafactor.py
+`standard_logical_factor_rules`): `embed` is the row dimension; `heads`, `kv`,
+`mlp`, `vocab` the column dimensions. A kernel is factored over (all its row
+dims) x (all its column dims), so moe-jax's 3-D attention kernels
+[embed, heads, kv] get the same statistics as t5x's 2-D [embed, heads*kv]
+ones (optax alone would see a 64-wide head axis and not factor). Parameters
+with an `expert` or `rank` logical axis keep unfactored second moments:
+factoring over those small axes would tie unrelated experts together.
+
+Step offset: T5X fine-tuning continues the optimizer step of the pretrained
+checkpoint (1,100,000 for the LM-adapted T5 v1.1), so the second-moment decay
+1 - t^-0.8 starts near 1 rather than at 0. `step_offset` reproduces that: the
+first update uses t = step_offset + 1.
 """
 from __future__ import annotations
 
+import math
+from typing import Any, NamedTuple
+
 import jax
 import optax
+from jax.sharding import PartitionSpec
 
 UNFACTORED_AXES = ("expert", "rank")
+ROW_AXES = ("embed",)
+COLUMN_AXES = ("heads", "kv", "joined_kv", "mlp", "vocab")
 
 
-def adafactor(learning_rate, logical_axes, *, decay_rate: float = 0.8, clipping_threshold: float = 1.0,
-              multiply_by_parameter_scale: bool = True, min_dim_size_to_factor: int = 128
-              ) -> optax.GradientTransformation:
+def decay_rate_at(step: int, decay_rate: float = 0.8, step_offset: int = 0) -> float:
+  """The second-moment decay of the update numbered `step` (1 = the first of this run)."""
+  return 1.0 - (step + step_offset) ** (-decay_rate)
+
+
+def factored_shape(shape: tuple[int, ...], spec) -> tuple[int, ...]:
+  """The shape Adafactor's statistics see: contiguous row axes and contiguous
+  column axes each merged into one dimension; `shape` itself otherwise."""
+  names = tuple(spec) + (None,) * (len(shape) - len(spec))
+  groups = ["row" if n in ROW_AXES else "col" if n in COLUMN_AXES else None for n in names]
+  if "row" not in groups or "col" not in groups or None in groups:
+    return tuple(shape)
+  # one run of each kind, in either order (q/k/v: row then col; o: col then row)
+  runs = [g for i, g in enumerate(groups) if i == 0 or groups[i - 1] != g]
+  if len(runs) != 2:
+    return tuple(shape)
+  merged, i = [], 0
+  for run in runs:
+    j = i
+    while j < len(groups) and groups[j] == run:
+      j += 1
+    merged.append(math.prod(shape[i:j]))
+    i = j
+  return tuple(merged)
+
+
+class _Reshaped(NamedTuple):
+  inner: Any
+
+
+def _reshaped(inner: optax.GradientTransformation, specs) -> optax.GradientTransformation:
+  """Runs `inner` on every leaf viewed in its `factored_shape` (clipping and the
+  parameter scale are whole-tensor RMS, so the view changes only the factoring)."""
+  is_spec = lambda x: isinstance(x, PartitionSpec)
+
+  def view(tree):
+    if tree is None:
+      return None
+    return jax.tree_util.tree_map(lambda s, x: x.reshape(factored_shape(x.shape, s)), specs, tree,
+                                  is_leaf=is_spec)
+
+  def init(params):
+    return _Reshaped(inner.init(view(params)))
+
+  def update(updates, state, params=None):
+    new, inner_state = inner.update(view(updates), state.inner, view(params))
+    new = jax.tree_util.tree_map(lambda n, u: n.reshape(u.shape), new, updates)
+    return new, _Reshaped(inner_state)
+
+  return optax.GradientTransformation(init, update)
+
+
+def adafactor(learning_rate, logical_axes, *, decay_rate: float = 0.8, step_offset: int = 0,
+              clipping_threshold: float = 1.0, multiply_by_parameter_scale: bool = True,
+              min_dim_size_to_factor: int = 128) -> optax.GradientTransformation:
   """`logical_axes`: a tree of PartitionSpecs (logical names) shaped like the params."""
+  if step_offset < 0:
+    raise ValueError(f"adafactor step_offset={step_offset} must be >= 0")
+
   def make(factored):
+    # optax computes the decay at (count - decay_offset); a negative offset
+    # continues a pretrained run's step count instead of restarting it.
     return optax.adafactor(learning_rate, min_dim_size_to_factor=min_dim_size_to_factor,
-                           decay_rate=decay_rate, multiply_by_parameter_scale=multiply_by_parameter_scale,
+                           decay_rate=decay_rate, decay_offset=-step_offset,
+                           multiply_by_parameter_scale=multiply_by_parameter_scale,
                            clipping_threshold=clipping_threshold, factored=factored)
+  is_spec = lambda x: isinstance(x, PartitionSpec)
   labels = jax.tree_util.tree_map(
       lambda spec: "unfactored" if any(a in UNFACTORED_AXES for a in spec if a) else "factored",
-      logical_axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  return optax.multi_transform({"factored": make(True), "unfactored": make(False)}, labels)
+      logical_axes, is_leaf=is_spec)
+  return _reshaped(optax.multi_transform({"factored": make(True), "unfactored": make(False)}, labels),
+                   logical_axes)

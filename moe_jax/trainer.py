@@ -51,20 +51,23 @@ class TrainStep:
   """Builds the optimizer and the jitted, sharded train step for a model."""
 
   def __init__(self, model: BaseModel, partitioner: partitioning.Partitioner, trainable_logical_axes,
-               learning_rate: float = 3e-4, decay_rate: float = 0.8, grad_accum_steps: int = 1):
+               learning_rate: float = 3e-4, decay_rate: float = 0.8, grad_accum_steps: int = 1,
+               step_offset: int = 0):
     self.model = model
     self.partitioner = partitioner
     self.learning_rate = learning_rate
     self.grad_accum_steps = grad_accum_steps
-    self.tx = optim.adafactor(learning_rate, trainable_logical_axes, decay_rate=decay_rate)
+    self.tx = optim.adafactor(learning_rate, trainable_logical_axes, decay_rate=decay_rate,
+                              step_offset=step_offset)
     self._step = jax.jit(self._train_step, donate_argnums=(0, 2))
 
   def init_opt_state(self, trainable):
     return jax.jit(self.tx.init)(trainable)
 
-  def _loss_and_grads(self, trainable, frozen, batch, rng):
+  def _loss_and_grads(self, trainable, frozen, batch, rng, normalizer=None, aux_loss_scale=1.0):
     def loss_of(tp):
-      return self.model.loss_fn(merge_params(tp, frozen), batch, rng)
+      return self.model.loss_fn(merge_params(tp, frozen), batch, rng, normalizer=normalizer,
+                                aux_loss_scale=aux_loss_scale)
     (loss, m), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
     return grads, m
 
@@ -72,19 +75,8 @@ class TrainStep:
     k = self.grad_accum_steps
     if k == 1:
       grads, m = self._loss_and_grads(trainable, frozen, batch, rng)
-    else:  # micro-batches in a scan: memory of one micro-batch, gradient of all
-      micro = jax.tree_util.tree_map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
-      rngs = jax.random.split(rng, k)
-
-      def body(acc, xs):
-        g, m = self._loss_and_grads(trainable, frozen, xs[0], xs[1])
-        return jax.tree_util.tree_map(jnp.add, acc, g), m
-      zeros = jax.tree_util.tree_map(jnp.zeros_like, trainable)
-      grads, ms = jax.lax.scan(body, zeros, (micro, rngs))
-      grads = jax.tree_util.tree_map(lambda g: g / k, grads)
-      m = jax.tree_util.tree_map(lambda x: jnp.mean(x, 0) if x.ndim == 1 or x.ndim == 0 else
-                                 x.reshape((-1,) + x.shape[2:]), ms)
-      m = dict(m, per_example_cross_entropy=ms["per_example_cross_entropy"].reshape(-1))
+    else:
+      grads, m = self._accumulated(trainable, frozen, batch, rng, k)
     updates, opt_state = self.tx.update(grads, opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     stats = m.pop("router_stats", {})
@@ -93,6 +85,27 @@ class TrainStep:
     # A finite loss can still come with a poisoned update; never checkpoint it.
     m["params_finite"] = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(trainable)]))
     return trainable, opt_state, m
+
+  def _accumulated(self, trainable, frozen, batch, rng, k):
+    """Micro-batches in a scan (memory of one micro-batch). Each divides by the
+    whole batch's loss divisor and the gradients are summed, so the result is
+    the full batch's gradient for every loss normaliser; auxiliary (router)
+    losses, being per-call means, are averaged over micro-batches."""
+    _, normalizer = self.model.loss_weights_and_normalizer(batch)
+    micro = jax.tree_util.tree_map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
+    rngs = jax.random.split(rng, k)
+
+    def body(acc, xs):
+      g, m = self._loss_and_grads(trainable, frozen, xs[0], xs[1], normalizer, 1.0 / k)
+      return jax.tree_util.tree_map(jnp.add, acc, g), m
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, trainable)
+    grads, ms = jax.lax.scan(body, zeros, (micro, rngs))
+    summed = ("loss", "cross_entropy", "z_loss", "aux_loss", "num_tokens")
+    m = {key: jnp.sum(ms[key], 0) for key in summed}
+    m["accuracy"] = jnp.sum(ms["accuracy"] * ms["num_tokens"]) / jnp.maximum(m["num_tokens"], 1e-8)
+    m["per_example_cross_entropy"] = ms["per_example_cross_entropy"].reshape(-1)
+    m["router_stats"] = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), ms["router_stats"])
+    return grads, m
 
   def __call__(self, trainable, frozen, opt_state, batch, rng):
     return self._step(trainable, frozen, opt_state, batch, rng)
@@ -121,8 +134,13 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
           initial_checkpoint_path: Optional[str] = None, checkpoint_period: int = 1000,
           keep_checkpoints: int = 3, log_period: int = 10, eval_period: Optional[int] = None,
           grad_accum_steps: int = 1, mesh_shape: tuple = (-1, 1), seed: int = 0, shuffle_seed: int = 0,
-          evaluator=None) -> dict:
-  """Trains (or resumes) a run in `model_dir`; returns the last logged metrics."""
+          adafactor_step_offset: Optional[int] = None, evaluator=None) -> dict:
+  """Trains (or resumes) a run in `model_dir`; returns the last logged metrics.
+
+  `adafactor_step_offset`: the optimizer step this run continues (T5X
+  fine-tuning continues the pretrained checkpoint's, e.g. 1,100,000); None
+  takes the step the initial checkpoint records, or 0.
+  """
   from moe_jax.data import converters, ids, registry  # TF-heavy: imported when training
   os.makedirs(model_dir, exist_ok=True)
   partitioner = partitioning.Partitioner(partitioning.make_mesh(*mesh_shape))
@@ -131,6 +149,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   # Parameters: fresh init, then the initial checkpoint (backbone), then resume.
   init_batch = model._dummy_batch()
   params = model.init(jax.random.key(seed), init_batch)
+  initial_step = None
   if initial_checkpoint_path:
     params, fresh = _load_initial(model, params, initial_checkpoint_path)
     print(f"initial weights from {initial_checkpoint_path}; {len(fresh)} parameters start fresh")
@@ -138,7 +157,11 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   trainable, frozen = split_params(params, mask)
   axes = model.param_logical_axes(init_batch)
   trainable_axes, frozen_axes = _subtree(axes, trainable), _subtree(axes, frozen)
-  step_fn = TrainStep(model, partitioner, trainable_axes, learning_rate, decay_rate, grad_accum_steps)
+  step_offset = adafactor_step_offset if adafactor_step_offset is not None else (initial_step or 0)
+  print(f"Adafactor step offset {step_offset}: the first update's second-moment decay is "
+        f"{optim.decay_rate_at(1, decay_rate, step_offset):.6g}")
+  step_fn = TrainStep(model, partitioner, trainable_axes, learning_rate, decay_rate, grad_accum_steps,
+                      step_offset)
   with partitioner.context():
     trainable = jax.device_put(trainable, partitioner.param_shardings(trainable_axes))
     frozen = jax.device_put(frozen, partitioner.param_shardings(frozen_axes))

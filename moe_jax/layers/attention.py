@@ -40,7 +40,10 @@ def dot_product_attention(q, k, v, *, bias=None, mask=None, scale=1.0, dropout_r
     logits = jnp.where(m, logits, NEG_INF)
   weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
   if not deterministic and dropout_rate > 0:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    # One mask for every query position (flaxformer's broadcast_dropout=True,
+    # as t5x's T5): a dropped key is dropped for all queries of that head.
+    mask_shape = weights.shape[:-2] + (1,) + weights.shape[-1:]
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, mask_shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(dtype)
   out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, v.astype(dtype))
   return out.reshape(b, tq, h, d)

@@ -2,7 +2,10 @@
 
 Every projection is an adapter site, and so is the post-activation hidden
 state that enters the output projection (kind `ffn_hidden`), where (IA)3 and
-MoV put their FFN vectors.
+MoV put their FFN vectors. At that site y is the hidden state and x the
+activated first branch act(wi_0 x) (in a gated FFN; else y itself): scaling y
+elementwise equals scaling that branch, and the branch is what the released
+MoV code's FFN hook (`intermediate_conv`) and its router see.
 """
 from __future__ import annotations
 
@@ -54,9 +57,10 @@ class MLP(nn.Module):
     if self.variant not in VARIANTS:
       raise ValueError(f"unknown MLP variant {self.variant!r}; known: {sorted(VARIANTS)}")
     in_names, act, out_name = VARIANTS[self.variant]
-    h = act(self._dense(in_names[0], x, self.d_ff, "embed", "mlp", ctx))
+    branch = act(self._dense(in_names[0], x, self.d_ff, "embed", "mlp", ctx))
+    h = branch
     if len(in_names) == 2:
       h = h * self._dense(in_names[1], x, self.d_ff, "embed", "mlp", ctx)
-    h = self._site(sites.FFN_HIDDEN, h, h, ctx, ("mlp",), ("mlp",))
+    h = self._site(sites.FFN_HIDDEN, branch, h, ctx, ("mlp",), ("mlp",))
     h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=ctx.deterministic)
     return self._dense(out_name, h, x.shape[-1], "mlp", "embed", ctx)

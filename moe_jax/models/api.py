@@ -40,6 +40,19 @@ def cross_entropy(logits, targets, weights, z_loss: float):
   return xent, z_loss * jnp.square(log_z) * weights
 
 
+def per_sequence_totals(weights, segment_ids=None):
+  """[B, T]: each token's sequence total of `weights`; a sequence is a packed
+  segment when `segment_ids` [B, T] is given (t5x: _sum_weights_per_segment),
+  else the whole row."""
+  if segment_ids is None:
+    return jnp.broadcast_to(jnp.sum(weights, axis=-1, keepdims=True), weights.shape)
+  b, t = weights.shape
+  # one bucket per (row, segment id); ids are < T + 1
+  ids = segment_ids.astype(jnp.int32) + (t + 1) * jnp.arange(b, dtype=jnp.int32)[:, None]
+  sums = jax.ops.segment_sum(weights.reshape(-1), ids.reshape(-1), num_segments=b * (t + 1))
+  return sums[ids]
+
+
 def _dummy_context(batch_size):
   """Ids that task/domain-conditioned adapters need to initialise."""
   z = jnp.zeros((batch_size,), jnp.int32)
@@ -130,34 +143,54 @@ class BaseModel(abc.ABC):
     """[B] summed log-likelihood of the weighted (non-pad) target tokens."""
     return self._score_jit(params, batch)
 
-  def loss_fn(self, params, batch, dropout_rng) -> tuple[jax.Array, dict[str, Any]]:
+  def loss_weights_and_normalizer(self, batch) -> tuple[jax.Array, jax.Array]:
+    """Per-token loss weights [B, T] and the divisor of their weighted sum.
+
+    As t5x/losses.py: `num_real_target_tokens` divides by the number of
+    weighted tokens; `average_per_sequence` first divides each token's weight by
+    its sequence's total, where a sequence is a packed *segment*
+    (`decoder_segment_ids`) or else a row, then divides by the number of
+    sequences; `sum` divides by 1. The same examples packed or not, whole or
+    split into micro-batches (with the whole batch's divisor), give one loss.
+    """
+    weights = self._loss_weights(batch)
+    if self.loss_normalizing_factor == "average_per_sequence":
+      totals = per_sequence_totals(weights, batch.get("decoder_segment_ids"))
+      weights = jnp.where(totals > 0, weights / jnp.where(totals > 0, totals, 1.0), 0.0)
+      return weights, jnp.sum(weights)
+    if self.loss_normalizing_factor == "num_real_target_tokens":
+      return weights, jnp.sum(weights)
+    return weights, jnp.ones((), jnp.float32)
+
+  def loss_fn(self, params, batch, dropout_rng, *, normalizer: Optional[jax.Array] = None,
+              aux_loss_scale: float = 1.0) -> tuple[jax.Array, dict[str, Any]]:
     """Training loss (cross entropy + z-loss + adapters' auxiliary losses) and metrics.
 
-    Not jitted here: the trainer jits the whole step around it.
+    `normalizer` overrides the batch's own loss divisor and `aux_loss_scale`
+    weights the auxiliary losses: gradient accumulation passes the whole
+    batch's divisor and 1/k, so the k micro-batch gradients sum to the
+    full-batch gradient. Not jitted here: the trainer jits the whole step.
     """
     logits, aux = self._apply(params, batch, dropout_rng, mutable=(sites.AUX_LOSS_COLLECTION,
                                                                    sites.ROUTER_STATS_COLLECTION))
-    weights = self._loss_weights(batch)
+    token_weights = self._loss_weights(batch)
+    weights, own_normalizer = self.loss_weights_and_normalizer(batch)
+    if normalizer is None:
+      normalizer = own_normalizer
+    normalizer = jnp.maximum(normalizer, 1e-8)
     targets = batch["decoder_target_tokens"]
     xent, zl = cross_entropy(logits, targets, weights, self.z_loss)
-    per_example = jnp.sum(xent, -1) / jnp.maximum(jnp.sum(weights, -1), 1.0)  # for per-task logging
-    if self.loss_normalizing_factor == "average_per_sequence":
-      per_seq = jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-8)
-      xent, zl = xent / per_seq, zl / per_seq
-      normalizer = jnp.sum(jnp.any(weights > 0, axis=-1))
-    elif self.loss_normalizing_factor == "num_real_target_tokens":
-      normalizer = jnp.sum(weights)
-    else:
-      normalizer = 1.0
-    normalizer = jnp.maximum(normalizer, 1e-8)
+    token_xent, _ = cross_entropy(logits, targets, token_weights, 0.0)
+    # per-example mean token loss, for per-task logging only
+    per_example = jnp.sum(token_xent, -1) / jnp.maximum(jnp.sum(token_weights, -1), 1.0)
     xent_loss, z_loss = jnp.sum(xent) / normalizer, jnp.sum(zl) / normalizer
-    aux_loss = sum_collection(aux.get(sites.AUX_LOSS_COLLECTION, {}))
+    aux_loss = aux_loss_scale * sum_collection(aux.get(sites.AUX_LOSS_COLLECTION, {}))
     loss = xent_loss + z_loss + aux_loss
-    correct = (jnp.argmax(logits, -1) == targets) * weights
+    correct = (jnp.argmax(logits, -1) == targets) * token_weights
     metrics = {
         "loss": loss, "cross_entropy": xent_loss, "z_loss": z_loss, "aux_loss": aux_loss,
-        "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(weights), 1e-8),
-        "num_tokens": jnp.sum(weights),
+        "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(token_weights), 1e-8),
+        "num_tokens": jnp.sum(token_weights),
         "per_example_cross_entropy": per_example,
         "router_stats": aux.get(sites.ROUTER_STATS_COLLECTION, {}),
     }

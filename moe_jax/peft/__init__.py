@@ -15,17 +15,20 @@ from moe_jax.peft.sites import NO_ADAPTERS, Adapters
 METHODS = {"none": Adapters, "ia3": IA3, "lora": LoRA, "mov": MoV, "molora": MoLoRA,
            "moelora": MOELoRA, "milora": MiLoRA, "moa": MoA}
 
-# Named settings: the MoV paper's (Zadouri et al. 2023, Table 1) and each
-# other method's defaults.
+# Named settings: the MoV paper's (Zadouri et al. 2023, Table 1) at the released
+# code's values (LoRA/MoLoRA alpha 16, A ~ N(0, 0.02)); MOELoRA at the released
+# MOELoRA code's; the other methods' defaults.
 PRESETS = {
     "ia3": IA3(),
-    "lora_r4": LoRA(rank=4, alpha=4.0, targets=("q", "k", "v", "o", "wi_0", "wi", "wo", "gate", "down")),
+    "lora_r4": LoRA(rank=4, alpha=16.0, a_init="normal:0.02",
+                    targets=("q", "k", "v", "o", "wi_0", "wi", "wo", "gate", "down")),
     "mov_10": MoV(num_experts=10),
     "mov_30": MoV(num_experts=30),
     "mov_60": MoV(num_experts=60),
     "molora_10": MoLoRA(num_experts=10, rank=4),
     "molora_15": MoLoRA(num_experts=15, rank=4),
-    "moelora": MOELoRA(),
+    "moelora": MOELoRA(a_init="normal:0.01", dropout_rate=0.1, gate_init="torch_linear",
+                       task_padding_row=True),
     "milora": MiLoRA(),
     "moa_4": MoA(domains=("d0", "d1", "d2", "d3")),
 }

@@ -18,17 +18,34 @@ import numpy as np
 from moe_jax.peft import sites
 
 ALL_PROJECTIONS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo", "gate", "up", "down")
-A_INITS = ("kaiming_uniform", "gaussian")
+A_INITS = ("kaiming_uniform", "gaussian", "normal:<std>")
 
 
 def a_initializer(kind: str, rank: int, fan_in: int):
-  """peft's defaults: kaiming-uniform(a=sqrt 5), i.e. U(+-1/sqrt(fan_in)); or N(0, 1/r)."""
+  """How A starts (B starts at zero):
+  - "kaiming_uniform": peft's default, kaiming-uniform(a=sqrt 5) = U(+-1/sqrt(fan_in));
+  - "gaussian": peft's `init_lora_weights="gaussian"`, N(0, 1/r);
+  - "normal:<std>": N(0, std) - the released MoV/MoLoRA code uses 0.02
+    (src/lora.py, src/molora.py), the released MOELoRA code 0.01.
+  """
   if kind == "kaiming_uniform":
-    bound = 1.0 / math.sqrt(fan_in)
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+    return torch_linear_init(fan_in)
   if kind == "gaussian":
     return nn.initializers.normal(1.0 / rank)
+  if kind.startswith("normal:"):
+    try:
+      std = float(kind.split(":", 1)[1])
+    except ValueError:
+      std = -1.0
+    if std > 0:
+      return nn.initializers.normal(std)
   raise ValueError(f"lora A init {kind!r}; expected one of {A_INITS}")
+
+
+def torch_linear_init(fan_in: int):
+  """PyTorch nn.Linear's default weight init, U(+-1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 class LowRankExperts(nn.Module):

@@ -23,10 +23,13 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from moe_jax.peft import sites
-from moe_jax.peft.lora import ALL_PROJECTIONS, LowRankExperts
+from moe_jax.peft.lora import ALL_PROJECTIONS, LowRankExperts, torch_linear_init
 from moe_jax.peft.routers import select_top_k
 
 GATE_NAMES = ("adapter_model_hook", "model_hook")  # T5 (setup attribute) / decoder-only
+
+
+GATE_INITS = ("normal:0.02", "torch_linear")
 
 
 class TaskGate(nn.Module):
@@ -34,13 +37,22 @@ class TaskGate(nn.Module):
   task_dim: int
   num_experts: int
   top_k: Optional[int] = None
+  gate_init: str = "normal:0.02"
+  task_padding_row: bool = False
 
   def setup(self):
+    if self.gate_init not in GATE_INITS:
+      raise ValueError(f"MOELoRA gate_init={self.gate_init!r}; expected one of {GATE_INITS}")
+    # The released code's table has num_tasks + 1 rows, row 0 reserved (its
+    # task ids start at 1); N(0, 1) as torch's nn.Embedding.
+    rows = self.num_tasks + int(self.task_padding_row)
     self.task_embedding = self.param(
         "task_embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("task", "task_embed")),
-        (self.num_tasks, self.task_dim), jnp.float32)
+        (rows, self.task_dim), jnp.float32)
+    init = (nn.initializers.normal(0.02) if self.gate_init == "normal:0.02"
+            else torch_linear_init(self.task_dim))  # the released gate: a default nn.Linear, no bias
     self.gate = self.param(
-        "gate", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("task_embed", "expert")),
+        "gate", nn.with_logical_partitioning(init, ("task_embed", "expert")),
         (self.task_dim, self.num_experts), jnp.float32)
 
   def __call__(self, ctx: sites.AdapterContext) -> jax.Array:
@@ -50,7 +62,8 @@ class TaskGate(nn.Module):
 
   def weights(self, task_id):
     """[B] task ids -> [B, N] expert weights w = softmax(W_g E[task])."""
-    probs = jax.nn.softmax(self.task_embedding[task_id] @ self.gate, axis=-1)
+    row = task_id + 1 if self.task_padding_row else task_id
+    probs = jax.nn.softmax(self.task_embedding[row] @ self.gate, axis=-1)
     return select_top_k(probs, self.top_k, renormalize=True)
 
 
@@ -82,6 +95,8 @@ class MOELoRA(sites.Adapters):
   targets: tuple[str, ...] = ALL_PROJECTIONS
   dropout_rate: float = 0.0
   a_init: str = "kaiming_uniform"
+  gate_init: str = "normal:0.02"  # or "torch_linear", the released code's
+  task_padding_row: bool = False  # True: num_tasks + 1 rows, row 0 unused, as released
 
   def __post_init__(self):
     if self.rank % self.num_experts:
@@ -92,7 +107,8 @@ class MOELoRA(sites.Adapters):
     return self.alpha / self.rank
 
   def gate(self, name=None) -> TaskGate:
-    return TaskGate(self.num_tasks, self.task_dim, self.num_experts, self.top_k, name=name)
+    return TaskGate(self.num_tasks, self.task_dim, self.num_experts, self.top_k, self.gate_init,
+                    self.task_padding_row, name=name)
 
   def model_hook(self, name):
     return self.gate(name)

@@ -39,11 +39,13 @@ class MoLoRASite(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class MoLoRA(RoutedOptions, sites.Adapters):
+  """Defaults are the released code's (src/molora.py): alpha fixed at 16, so
+  rank 4 gives scale 4; A ~ N(0, 0.02), B = 0."""
   rank: int = 4
-  alpha: float = 4.0
+  alpha: float = 16.0
   targets: tuple[str, ...] = MOLORA_TARGETS
   dropout_rate: float = 0.0
-  a_init: str = "kaiming_uniform"
+  a_init: str = "normal:0.02"
 
   def site(self, info, name):
     if info.kind not in self.targets:

@@ -3,9 +3,12 @@
 Each site holds E (IA)3 vectors l_e (initialised to ones) and a router:
     p = softmax(W_g h),   l_mix = sum_e p_e l_e,   y = l_mix * h
 (soft merging: the vectors are mixed, not the outputs). As in the released
-code, the router reads the activation being adapted: for keys/values its
-kernel is (d_kv, E), shared across heads, so every head of every token gets
-its own mixture; the FFN router reads the d_ff intermediate.
+code (flaxformer fork: `k_conv`/`v_conv`/`intermediate_conv` hooks), the
+router reads the activation being adapted: for keys/values the projected
+key/value, its kernel (d_kv, E) shared across heads, so every head of every
+token gets its own mixture; in the FFN the activated first branch
+act(wi_0 x) (the site's x), before the product with wi_1 x - scaling the
+product or that branch is the same output, but the router input differs.
 """
 import dataclasses
 
@@ -28,7 +31,8 @@ class MoVSite(nn.Module):
                                                                  ("expert",) + self.info.out_axes),
                          (e,) + self.info.out_shape, jnp.float32)
     # k/v: y [B, T, H, D] -> probs [B, T, H, E]; FFN: y [B, T, F] -> [B, T, E]
-    probs = Router(self.router, name="router")(y, ctx, sites.site_token_mask(self.info, ctx))
+    router_input = x if self.info.kind == sites.FFN_HIDDEN else y
+    probs = Router(self.router, name="router")(router_input, ctx, sites.site_token_mask(self.info, ctx))
     spec = "bthe,ehd->bthd" if len(self.info.out_shape) == 2 else "bte,ef->btf"
     if self.router.top_k is None or self.router.renormalize:
       # Probabilities sum to one, so sum_e p_e l_e = 1 + sum_e p_e (l_e - 1);

@@ -44,11 +44,16 @@ class RouterConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RoutedOptions:
-  """Router settings shared by the per-site mixture methods (MoV, MoLoRA)."""
+  """Router settings shared by the per-site mixture methods (MoV, MoLoRA).
+
+  With top-k the released code multiplies the probabilities by the top-k mask
+  without renormalising them (its configs leave top-k off: a soft merge over
+  all experts); `renormalize=True` rescales the kept ones to sum to 1.
+  """
   num_experts: int = 10
   routing: str = "token"
   top_k: Optional[int] = None
-  renormalize: bool = True
+  renormalize: bool = False
   jitter_noise: float = 0.0
   load_balance_weight: float = 0.0
   z_loss_weight: float = 0.0

@@ -37,3 +37,20 @@ def test_rms_norm_formula_and_bf16_activations():
   y = RMSNorm(epsilon=1e-6, dtype=jnp.bfloat16).apply(params, x.astype(jnp.bfloat16))
   assert y.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(y, np.float32), expected, rtol=2e-2)
+
+
+def test_attention_dropout_mask_is_shared_by_every_query_position():
+  # flaxformer broadcast_dropout / t5x T5: a key dropped for one query is dropped
+  # for all. Uniform attention over one-hot values makes the output row of each
+  # query its (rescaled) keep mask.
+  b, tq, h, tk = 2, 6, 3, 8
+  q = jnp.zeros((b, tq, h, tk))
+  k = jnp.zeros((b, tk, h, tk))
+  v = jnp.broadcast_to(jnp.eye(tk)[None, :, None, :], (b, tk, h, tk))
+  out = dot_product_attention(q, k, v, dropout_rate=0.5, deterministic=False,
+                              dropout_rng=jax.random.key(3))
+  rows = np.asarray(out)  # [b, tq, h, tk]
+  np.testing.assert_allclose(rows, np.broadcast_to(rows[:, :1], rows.shape))  # same for every query
+  assert set(np.unique(np.round(rows * tk * 0.5, 6))) == {0.0, 1.0}  # kept keys rescaled by 1/(1-p)
+  assert 0 < np.mean(rows == 0) < 1
+  assert not np.allclose(rows[:, :, 0], rows[:, :, 1])  # masks differ across heads

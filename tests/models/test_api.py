@@ -116,3 +116,43 @@ def test_logical_axes_cover_every_parameter(t5):
     assert len(spec) == p.ndim and all(isinstance(n, str) for n in spec)
   names = {n for spec in flat_axes for n in spec}
   assert names == {"embed", "heads", "kv", "mlp", "vocab", "relpos_buckets"}
+
+
+_SEQS = [([5, 6, 7, 1], [4, 5, 1]), ([8, 9, 1], [6, 1]), ([3, 1], [7, 8, 9, 1]), ([10, 11, 12, 13, 1], [2, 1])]
+
+
+def _rows(groups, enc_len, dec_len):
+  """Rows of t5x features, each row packing the sequences of one group."""
+  rows = {k: [] for k in ("encoder_input_tokens", "encoder_segment_ids", "decoder_input_tokens",
+                          "decoder_target_tokens", "decoder_segment_ids")}
+  for group in groups:
+    enc, enc_seg, dec_in, tgt, dec_seg = [], [], [], [], []
+    for seg, (e, t) in enumerate(group, start=1):
+      enc += e; enc_seg += [seg] * len(e)
+      tgt += t; dec_in += [0] + t[:-1]; dec_seg += [seg] * len(t)
+    for key, row, n in (("encoder_input_tokens", enc, enc_len), ("encoder_segment_ids", enc_seg, enc_len),
+                        ("decoder_input_tokens", dec_in, dec_len), ("decoder_target_tokens", tgt, dec_len),
+                        ("decoder_segment_ids", dec_seg, dec_len)):
+      rows[key].append(row + [0] * (n - len(row)))
+  return {k: jnp.asarray(v, jnp.int32) for k, v in rows.items()}
+
+
+@pytest.mark.parametrize("normalizer", ["num_real_target_tokens", "average_per_sequence", "sum"])
+def test_packed_and_unpacked_sequences_give_the_same_loss(t5, normalizer):
+  # t5x/losses.py: with packing, `average_per_sequence` normalises each *segment*
+  # by its own token count, then averages over segments.
+  model, params = t5
+  m = build_model(model.config, z_loss=1e-3, loss_normalizing_factor=normalizer)
+  unpacked = _rows([[s] for s in _SEQS], 5, 4)
+  unpacked = {k: v for k, v in unpacked.items() if "segment" not in k}
+  packed = _rows([_SEQS[:2], _SEQS[2:]], 7, 6)
+  loss_u, mu = m.loss_fn(params, unpacked, None)
+  loss_p, mp = m.loss_fn(params, packed, None)
+  np.testing.assert_allclose(loss_p, loss_u, rtol=1e-5)
+  np.testing.assert_allclose(mp["z_loss"], mu["z_loss"], rtol=1e-5)
+  if normalizer == "average_per_sequence":  # the closed form: mean over the 4 sequences
+    xent, _, w = _manual_xent(model, params, unpacked)
+    per_seq = (xent * w).sum(-1) / w.sum(-1)
+    np.testing.assert_allclose(mp["cross_entropy"], per_seq.mean(), rtol=1e-5)
+    _, norm = m.loss_weights_and_normalizer(packed)
+    assert float(norm) == pytest.approx(4.0)  # four segments, not two rows

@@ -2,7 +2,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import optax
+from flax import traverse_util
 from jax.sharding import PartitionSpec as P
 
 from moe_jax import optim
@@ -13,9 +15,11 @@ def _second_moments(state):
   out = {}
   for s in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, optax.FactoredState)):
     if isinstance(s, optax.FactoredState):
-      for name, v in s.v.items():
+      flat = {k: traverse_util.flatten_dict(getattr(s, k), sep="/") if isinstance(getattr(s, k), dict)
+              else {} for k in ("v_row", "v_col", "v")}
+      for name, v in flat["v"].items():
         if not isinstance(v, optax.MaskedNode):
-          out[name] = (s.v_row[name].shape, s.v_col[name].shape, v.shape)
+          out[name] = (flat["v_row"][name].shape, flat["v_col"][name].shape, v.shape)
   return out
 
 
@@ -53,3 +57,70 @@ def test_update_clipping_bounds_the_rms():
   updates, _ = tx.update({"w": jnp.full((8,), 1e3)}, state, params)
   rms = float(jnp.sqrt(jnp.mean(updates["w"] ** 2)))
   np.testing.assert_allclose(rms, 1.0, rtol=1e-4)  # lr 1 x scale 1 x clipped RMS 1
+
+
+def _unfactored_v(state):
+  """The second moment of the single unfactored leaf 'w'."""
+  for s in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, optax.FactoredState)):
+    if isinstance(s, optax.FactoredState) and not isinstance(s.v["w"], optax.MaskedNode):
+      return np.asarray(s.v["w"], np.float64)
+  raise AssertionError("no unfactored second moment for 'w'")
+
+
+@pytest.mark.parametrize("offset", [0, 1_100_000])
+def test_second_moment_decay_per_step_follows_the_closed_form(offset):
+  # v_t = d_t v_{t-1} + (1 - d_t) g_t^2 with d_t = 1 - (t + offset)^-0.8 (t5x
+  # _decay_rate_pow at the checkpoint's step). Read from the state, so update
+  # clipping cannot hide a wrong schedule.
+  params = {"w": jnp.ones((3,))}
+  tx = optim.adafactor(1e-2, {"w": P("embed")}, step_offset=offset)
+  state = tx.init(params)
+  grads = [np.array([0.5, -2.0, 3.0]), np.array([1.0, 0.25, -4.0]), np.array([2.0, 2.0, 0.1])]
+  v = np.zeros(3)
+  for t, g in enumerate(grads, start=1):
+    _, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+    d = 1.0 - (t + offset) ** -0.8
+    assert d == pytest.approx(optim.decay_rate_at(t, 0.8, offset))
+    # in float32, as the optimizer: 1 - d near 1e-5 keeps only ~3 significant digits
+    d32 = np.float64(np.float32(1.0) - np.float32(t + offset) ** np.float32(-0.8))
+    v = d32 * v + (1.0 - d32) * (g ** 2 + 1e-30)
+    np.testing.assert_allclose(_unfactored_v(state), v, rtol=2e-5)
+  if offset == 0:
+    assert optim.decay_rate_at(1) == 0.0  # a fresh run: the first step keeps nothing
+  else:
+    assert 1 - optim.decay_rate_at(1, 0.8, offset) == pytest.approx(1_100_001 ** -0.8)
+
+
+def test_attention_kernels_get_factored_second_moments_as_in_t5x():
+  # Full fine-tuning: t5x's q/k/v/o kernels are 2-D [embed, heads*kv], factored
+  # into d_model row and heads*kv column statistics. moe-jax keeps 3-D kernels;
+  # they must get the same statistics (optax alone would not factor a 64-wide axis).
+  from moe_jax.models import build_model, get_preset
+  model = build_model(get_preset("t5_1_1_tiny", d_model=256, num_heads=4, d_kv=64, d_ff=512,
+                                 num_encoder_layers=1, num_decoder_layers=1, vocab_size=160))
+  params = jax.eval_shape(model.init, jax.random.key(0))
+  axes = model.param_logical_axes()
+  moments = _second_moments(jax.eval_shape(optim.adafactor(1e-3, axes).init, params))
+  attn = {k: v for k, v in moments.items() if k.split("/")[-2:-1] in (["query"], ["key"], ["value"], ["out"])}
+  assert len(attn) == 3 * 4  # encoder self-, decoder self- and cross-attention: q, k, v, o each
+  assert attn, "no attention kernels found in the optimizer state"
+  for name, (row, col, full) in attn.items():
+    assert full == (1,), name  # no full second moment
+    assert sorted(row + col) == [256, 256], (name, row, col)  # embed x (heads * kv)
+  assert optim.factored_shape((256, 4, 64), P("embed", "heads", "kv")) == (256, 256)
+  assert optim.factored_shape((4, 64, 256), P("heads", "kv", "embed")) == (256, 256)
+  assert optim.factored_shape((3, 256, 8), P("expert", "embed", "rank")) == (3, 256, 8)
+
+
+def test_factored_view_leaves_updates_in_the_parameter_shape():
+  params = {"w": jnp.ones((256, 4, 64)) * 0.5}
+  tx = optim.adafactor(1e-2, {"w": P("embed", "heads", "kv")})
+  g = jax.random.normal(jax.random.key(0), (256, 4, 64))
+  updates, _ = tx.update({"w": g}, tx.init(params), params)
+  assert updates["w"].shape == (256, 4, 64)
+  # the same numbers as optax's Adafactor on the 2-D view
+  ref = optax.adafactor(1e-2, min_dim_size_to_factor=128, decay_rate=0.8, clipping_threshold=1.0,
+                        multiply_by_parameter_scale=True)
+  flat = {"w": params["w"].reshape(256, 256)}
+  ref_updates, _ = ref.update({"w": g.reshape(256, 256)}, ref.init(flat), flat)
+  np.testing.assert_allclose(updates["w"].reshape(256, 256), ref_updates["w"], rtol=1e-6)
