@@ -52,6 +52,36 @@ def test_gradient_accumulation_equals_the_full_batch(setup):
   assert min(moved) > 0  # every trainable leaf was updated
 
 
+def _uneven_batch():
+  # Micro-batches of 2 rows hold 5 and 2 target tokens: averaging their losses
+  # would weigh the second micro-batch's tokens 2.5x too much.
+  return {"encoder_input_tokens": jnp.array([[5, 6, 7, 1], [9, 10, 1, 0], [11, 12, 13, 1], [3, 4, 1, 0]]),
+          "decoder_input_tokens": jnp.array([[0, 4, 5], [0, 7, 0], [0, 0, 0], [0, 0, 0]]),
+          "decoder_target_tokens": jnp.array([[4, 5, 1], [7, 1, 0], [8, 0, 0], [2, 0, 0]]),
+          "task_id": jnp.zeros((4,), jnp.int32), "domain_id": jnp.zeros((4,), jnp.int32)}
+
+
+@pytest.mark.parametrize("normalizer", ["num_real_target_tokens", "average_per_sequence", "sum"])
+def test_accumulated_gradient_equals_the_full_batch_for_every_normaliser(normalizer):
+  model, params = common.make("t5", MoV(num_experts=3), loss_normalizing_factor=normalizer)
+  params = common.perturb_adapters(params, scale=0.2)
+  trainable, frozen = trainer.split_params(params, trainable_mask(params))
+  axes = trainer._subtree(model.param_logical_axes(), trainable)
+  part = partitioning.Partitioner(partitioning.make_mesh(-1, 1))
+  step = trainer.TrainStep(model, part, axes, grad_accum_steps=2)
+  batch, rng = _uneven_batch(), jax.random.key(0)
+  full, m1 = jax.jit(step._loss_and_grads)(trainable, frozen, batch, rng)
+  accum, m2 = jax.jit(lambda t, f, b, r: step._accumulated(t, f, b, r, 2))(trainable, frozen, batch, rng)
+  np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=1e-6)
+  np.testing.assert_allclose(float(m2["num_tokens"]), 7.0)
+  for a, b in zip(jax.tree_util.tree_leaves(accum), jax.tree_util.tree_leaves(full)):
+    scale = float(jnp.max(jnp.abs(b)))
+    assert scale > 0
+    # float32 sums in another order: ~5e-6 of the largest entry; averaging the
+    # micro-batch losses instead would be off by up to 2.5x
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * scale)
+
+
 def test_split_and_merge_round_trip(setup):
   _, trainable, frozen, _ = setup
   merged = trainer.merge_params(trainable, frozen)
