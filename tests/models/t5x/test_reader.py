@@ -97,3 +97,14 @@ def test_what_is_not_a_t5x_checkpoint(tmp_path):
   (tmp_path / "checkpoint").write_bytes(serialization.msgpack_serialize({"version": 3, "optimizer": {}}))
   with pytest.raises(CheckpointError, match="no parameters .'optimizer/target' or 'target'."):
     T5XCheckpoint(str(tmp_path))
+
+
+def test_chunked_inline_arrays_are_reassembled(tmp_path, monkeypatch):
+  # flax splits inline arrays above MAX_CHUNK_SIZE bytes (2**30) into chunks; force it small.
+  from flax import serialization
+  monkeypatch.setattr(serialization, "MAX_CHUNK_SIZE", 4096)
+  target = common.raw_target()
+  path = common.write_checkpoint(tmp_path / "ckpt", target)
+  assert b"__msgpack_chunked_array__" in (tmp_path / "ckpt" / "checkpoint").read_bytes()
+  leaf = T5XCheckpoint(path).target["token_embedder/embedding"]
+  np.testing.assert_array_equal(leaf.read(), target["token_embedder/embedding"])
