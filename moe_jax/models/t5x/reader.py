@@ -88,8 +88,8 @@ def resolve_ts_spec(spec: dict, directory: str) -> dict:
 class Leaf:
   """One array of the checkpoint, read on demand."""
   name: str  # '/'-joined path in the checkpoint tree
-  shape: tuple[int, ...]
-  dtype: np.dtype
+  shape: Optional[tuple[int, ...]]  # None: known once read (optimizer state specs without metadata)
+  dtype: Optional[np.dtype]
   value: Optional[np.ndarray] = None  # inline arrays
   spec: Optional[dict] = None  # resolved TensorStore spec otherwise
 
@@ -121,16 +121,18 @@ class Leaf:
     except Exception as e:
       raise CheckpointError(f"{self.name}: cannot read {self.where} "
                             f"({type(e).__name__}: {e})") from e
-    if tuple(arr.shape) != self.shape:
+    if self.shape is not None and tuple(arr.shape) != self.shape:
       raise CheckpointError(f"{self.name}: {self.where} holds shape {arr.shape}, "
                             f"its spec says {self.shape}")
     return arr
 
 
-def _leaf(name: str, x: Any, directory: str) -> Leaf:
+def _leaf(name: str, x: Any, directory: str, need_shape: bool = True) -> Leaf:
   if is_ts_spec(x):
     spec = resolve_ts_spec(x, directory)
     meta = spec.get("metadata", {})
+    if "shape" not in meta and not need_shape:
+      return Leaf(name, None, None, spec=spec)
     if "shape" not in meta:  # metadata in the array's .zarray: ask TensorStore
       import tensorstore as ts
       try:
@@ -198,15 +200,16 @@ class T5XCheckpoint:
       raise CheckpointError(f"{self.file}: no parameters ('optimizer/target' or 'target'); "
                             f"top-level keys {sorted(contents)}")
     self.target = self._leaves(state["target"], "target")
-    self.state = self._leaves(state.get("state") or {}, "state")
+    # Optimizer state: only `step` is used; no I/O for the rest until read.
+    self.state = self._leaves(state.get("state") or {}, "state", need_shape=False)
     self.step = int(self.state["step"].read()) if "step" in self.state else None
 
-  def _leaves(self, tree, prefix: str) -> dict[str, Leaf]:
+  def _leaves(self, tree, prefix: str, need_shape: bool = True) -> dict[str, Leaf]:
     if not isinstance(tree, dict):
       raise CheckpointError(f"{self.file}: '{prefix}' is not a tree of arrays")
     flat = traverse_util.flatten_dict(tree, is_leaf=lambda _, x: is_ts_spec(x))
     out = {}
     for k, v in flat.items():
       name = "/".join(map(str, k))
-      out[name] = _leaf(f"{prefix}/{name}", v, self.directory)
+      out[name] = _leaf(f"{prefix}/{name}", v, self.directory, need_shape)
     return out
