@@ -71,7 +71,7 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, evaluator=gin.REQUIRED) -> dic
   import tasks  # noqa: F401  registers the seqio tasks
   model = gin_utils.model()
   params = model.init(jax.random.key(0))
-  params, fresh = trainer._load_initial(model, params, checkpoint_path)
+  params, fresh, _ = trainer._load_initial(model, params, checkpoint_path)
   if fresh:
     print(f"note: {len(fresh)} parameters are not in {checkpoint_path} and keep their initialisation")
   return evaluator(model, params, step=None)

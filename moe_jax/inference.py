@@ -85,7 +85,7 @@ def infer(checkpoint_path: str = gin.REQUIRED, model_dir: str = gin.REQUIRED, in
   if not rows:
     raise ValueError(f"{inputs}: no examples to decode")
   params = model.init(jax.random.key(0))
-  params, _ = trainer._load_initial(model, params, checkpoint_path)
+  params, _, _ = trainer._load_initial(model, params, checkpoint_path)
   v = vocab_lib.t5_vocabulary()
   preds = predict_rows(model, params, rows, v, inputs_length=inputs_length,
                        max_decode_length=max_decode_length, num_beams=num_beams, batch_size=batch_size)

@@ -149,10 +149,11 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   # Parameters: fresh init, then the initial checkpoint (backbone), then resume.
   init_batch = model._dummy_batch()
   params = model.init(jax.random.key(seed), init_batch)
-  initial_step = None
+  initial_step = None  # the step the initial checkpoint records (T5X: pre-training steps)
   if initial_checkpoint_path:
-    params, fresh = _load_initial(model, params, initial_checkpoint_path)
-    print(f"initial weights from {initial_checkpoint_path}; {len(fresh)} parameters start fresh")
+    params, fresh, initial_step = _load_initial(model, params, initial_checkpoint_path)
+    print(f"initial weights from {initial_checkpoint_path} (step {initial_step}); "
+          f"{len(fresh)} parameters start fresh")
   mask = trainable_mask(params, trainable_regex)
   trainable, frozen = split_params(params, mask)
   axes = model.param_logical_axes(init_batch)
@@ -236,9 +237,20 @@ def _check_finite(m, step, last_saved):
 
 
 def _load_initial(model, params, path):
-  from moe_jax.models import hf
+  """(params, parameters left fresh, the step the initial checkpoint records or None).
+
+  `path` is an HF directory, a T5X checkpoint (directory with a msgpack
+  `checkpoint` file, that file, or gs://...) or a moe-jax checkpoint."""
+  from moe_jax.models import hf, t5x
+  step = None
   if os.path.exists(os.path.join(path, "config.json")):
     _, source = hf.load_hf_checkpoint(path, dtype=model.config.param_dtype)
+  elif t5x.is_t5x_checkpoint(path):
+    ckpt = t5x.T5XCheckpoint(path)
+    _, source = t5x.load_t5x_checkpoint(ckpt, config=model.config, dtype=model.config.param_dtype)
+    step = ckpt.step
   else:
-    source = checkpoints.load_params(path)
-  return checkpoints.partial_restore(params, source, path)
+    state = checkpoints.load_state(path)
+    source, step = checkpoints.params_of(state), int(state["step"])
+  params, fresh = checkpoints.partial_restore(params, source, path)
+  return params, fresh, step
