@@ -45,6 +45,7 @@ def missing(root: str, dataset: str, subset: Optional[str], split: str) -> Optio
 
 def read_rows(root: str, dataset: str, subset: Optional[str], split: str) -> Iterator[dict]:
   """One dict per row, in file then row order (the HF schema, as load_dataset gives)."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
   from moe_jax.data.sources import UnavailableDataError
   paths = files(root, dataset, subset, split)
@@ -53,12 +54,13 @@ def read_rows(root: str, dataset: str, subset: Optional[str], split: str) -> Ite
     raise UnavailableDataError(f"{name}: the parquet source has no "
                                f"{split_dir(root, dataset, subset, split)}/*.parquet")
   for path in paths:
-    with _gfile().GFile(path, "rb") as f:
-      try:
-        table = pq.ParquetFile(f)
-        for batch in table.iter_batches(batch_size=1024):
-          yield from batch.to_pylist()
-      except DataError:
-        raise
-      except Exception as e:  # a truncated or foreign file names itself
-        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
+    with _gfile().GFile(path, "rb") as f:  # one file in memory (the hub's shards are <= ~500 MB)
+      data = f.read()
+    try:
+      batches = pq.ParquetFile(pa.BufferReader(data)).iter_batches(batch_size=1024)
+      batches = [b.to_pylist() for b in batches]
+    except Exception as e:  # a truncated or foreign file names itself
+      raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
+    del data
+    for batch in batches:
+      yield from batch
