@@ -24,6 +24,7 @@ RUNTIME = [
     "setuptools<81",  # promptsource imports pkg_resources
     "matplotlib",  # expert-probability plots at eval
     "tensorboard",  # tf.summary needs it
+    "pyarrow==26.0.1",  # the parquet data source
 ]
 
 # Reference implementations for parity tests (PyTorch CPU wheel: torch==2.13.0).
@@ -32,6 +33,7 @@ TEST = [
     "transformers==5.23.0",
     "peft",
     "pytest",
+    "datasets==5.2.0",  # the hf data source (optional at run time; its offline test)
 ]
 
 setuptools.setup(

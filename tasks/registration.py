@@ -1,14 +1,41 @@
-"""Registers the suites' Tasks and Mixtures with seqio."""
+"""Registers the suites' Tasks and Mixtures with seqio.
+
+Nothing here reads data or touches the network: template counts come from
+promptsource, train sizes from tasks/split_sizes.py. A dataset the data source
+cannot provide fails when first read, or is left out of the training mixtures
+when SKIP_UNAVAILABLE is set (see moe_jax.data.sources); `MIXTURES` keeps what
+each mixture was meant to hold and what was left out, for
+`python -m moe_jax.data.inspect`.
+"""
 from __future__ import annotations
+
+import dataclasses
+import sys
 
 import seqio
 
-from moe_jax.data import jsonl, p3
+from moe_jax.data import p3, sources
 from moe_jax.data.rank_eval import EvalDataset
-from tasks import suites
+from tasks import split_sizes, suites
 
 T0_CAP = 500_000  # T0's per-dataset example cap (Sanh et al. 2022)
 REGISTERED: dict[str, list[p3.RegisteredTask]] = {}  # spec key -> its tasks
+
+
+@dataclasses.dataclass
+class MixtureEntry:
+  spec: p3.DatasetSpec
+  tasks: list[str]  # the tasks of this dataset the mixture is meant to hold
+  rate: float  # per task
+  left_out: str | None = None  # why SKIP_UNAVAILABLE left it out
+
+
+MIXTURES: dict[str, list[MixtureEntry]] = {}
+
+
+def t0_rate(train_size: int, num_templates: int) -> float:
+  """Rate of each of a dataset's tasks: min(train size, 500000 / templates)."""
+  return min(train_size, T0_CAP / num_templates)
 
 
 def _register(spec, original_task_only=False):
@@ -24,45 +51,51 @@ def _register(spec, original_task_only=False):
 _DONE: dict = {}
 
 
-def _add_mixture(name, tasks_and_rates):
+def _add_mixture(name, entries, split):
+  """Registers `name` over the entries' tasks; with SKIP_UNAVAILABLE, entries
+  the source cannot provide are left out (and said so on stderr)."""
+  skip = sources.skip_unavailable()
+  for e in entries:
+    e.left_out = e.spec.missing(split, e.tasks) if skip else None
+  MIXTURES[name] = entries
+  left_out = [e.spec.key for e in entries if e.left_out]
+  if left_out:
+    print(f"{name}: SKIP_UNAVAILABLE left out {len(left_out)} of {len(entries)} datasets the "
+          f"{sources.current()} source cannot provide: {', '.join(left_out)}", file=sys.stderr)
   if name in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.remove(name)
+  tasks_and_rates = [(t, e.rate) for e in entries if not e.left_out for t in e.tasks]
   if tasks_and_rates:
     seqio.MixtureRegistry.add(name, tasks_and_rates)
 
 
 def register_all():
+  sources.data_source()  # gin DATA_SOURCE / SKIP_UNAVAILABLE, when configured, reach the env
   train = []
   for spec in suites.T0_TRAIN:
-    registered = _register(spec)
-    if not spec.present():
-      continue
-    rows = jsonl.count_rows(spec.file("train"))
-    rate = min(rows, T0_CAP / len(registered))
-    train += [(t.name, rate) for t in registered]
-  _add_mixture("t0_train", train)
+    registered = _register(spec)  # every template, as T0 (its rate counts them all)
+    rate = t0_rate(split_sizes.train_size(spec.dataset, spec.subset), len(registered))
+    train.append(MixtureEntry(spec, [t.name for t in registered], rate))
+  _add_mixture("t0_train", train, "train")
 
   held_out = []
   for spec in suites.HELD_OUT:
     registered = _register(spec, original_task_only=True)
-    if spec.present():
-      held_out += [t.score_eval for t in registered if t.score_eval]
-  _add_mixture("t0_eval_score_eval", [(n, 1.0) for n in held_out])
+    held_out.append(MixtureEntry(spec, [t.score_eval for t in registered if t.score_eval], 1.0))
+  _add_mixture("t0_eval_score_eval", held_out, "validation")
 
   cs_train, cs_eval = [], []
   for spec in suites.COMMONSENSE:
     registered = _register(spec, original_task_only=True)
-    if not spec.present():
-      continue
     if "train" in dict(spec.splits):
-      cs_train += [(t.name, 1.0) for t in registered]
-    cs_eval += [(t.score_eval, 1.0) for t in registered if t.score_eval]
-  _add_mixture("commonsense_train", cs_train)
-  _add_mixture("commonsense_score_eval", cs_eval)
+      cs_train.append(MixtureEntry(spec, [t.name for t in registered], 1.0))
+    cs_eval.append(MixtureEntry(spec, [t.score_eval for t in registered if t.score_eval], 1.0))
+  _add_mixture("commonsense_train", cs_train, "train")
+  _add_mixture("commonsense_score_eval", cs_eval, None)  # None: every split of the spec
 
 
 def eval_suite(name: str = "t0_eval") -> list[EvalDataset]:
-  """The datasets of a zero-shot suite, with presence checked now."""
+  """The datasets of a zero-shot suite, with presence (in the current source) checked now."""
   if name == "t0_eval":
     specs, split_of = suites.HELD_OUT, {}
   elif name == "commonsense":
@@ -72,6 +105,7 @@ def eval_suite(name: str = "t0_eval") -> list[EvalDataset]:
   out = []
   for spec in specs:
     tasks_ = _register(spec, original_task_only=True)
-    out.append(EvalDataset(spec.key, [t.score_eval for t in tasks_ if t.score_eval], spec.present(),
-                           split_of.get(spec.key, "validation")))
+    score = [t.score_eval for t in tasks_ if t.score_eval]
+    split = split_of.get(spec.key, "validation")
+    out.append(EvalDataset(spec.key, score, spec.missing(split, score) is None, split))
   return out

@@ -1,4 +1,4 @@
-"""seqio Tasks from P3 templates over the data directory's JSONL files.
+"""seqio Tasks from P3 templates over the configured data source.
 
 One Task per (dataset, template), named as P3 names them, whose examples are
 the template rendered on each row (`inputs`, `targets` text, then tokenised).
@@ -7,6 +7,9 @@ For templates with answer choices, also `<task>_score_eval`: one row per
 `is_correct`, for rank classification. Rows a guarded template renders
 nothing for are skipped, as in T0. Every example carries `task_id` (per
 dataset) and `domain_id` (per dataset category) for MOELoRA and MoA.
+Rows come from the source `sources.current()` names when the task is read
+(JSONL kit, HF `datasets`, parquet export); the `p3` source reads the P3
+release's pre-rendered, pre-tokenised examples of the same task instead.
 """
 from __future__ import annotations
 
@@ -20,38 +23,49 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from moe_jax.data import ids, jsonl, templates, vocab
+from moe_jax.data import ids, jsonl, p3_release, sources, templates, vocab
 
-SOURCES = ("jsonl", "hf")
-SHUFFLE_BUFFER = 16  # MOE_JAX_DATA_SOURCE: local JSONL (default) or HF `datasets`
+SHUFFLE_BUFFER = 16
+EOS = 1
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-  """A dataset as the suites see it: which file split backs each seqio split."""
+  """A dataset as the suites see it: which dataset split backs each seqio split."""
   dataset: str
   subset: Optional[str]
-  splits: tuple[tuple[str, str], ...]  # (seqio split, file split), e.g. (("validation", "dev_r1"),)
+  splits: tuple[tuple[str, str], ...]  # (seqio split, HF split), e.g. (("validation", "dev_r1"),)
   key: str  # e.g. "anli_r1": the unit of task ids, eval rows and mixtures
   category: str  # domain (T0's task_by_convention)
   suffix: str = ""  # P3 name suffix, e.g. "_r1"
+  kit: tuple[tuple[str, str], ...] = ()  # the JSONL kit's stand-in splits, where it lacks the real one
+
+  @property
+  def kit_splits(self) -> tuple[tuple[str, str], ...]:
+    return tuple((s, dict(self.kit).get(s, f)) for s, f in self.splits)
+
+  @property
+  def hf_name(self) -> str:
+    return self.dataset if self.subset is None else f"{self.dataset}/{self.subset}"
 
   def file(self, seqio_split: str) -> str:
-    return jsonl.split_path(self.dataset, self.subset, dict(self.splits)[seqio_split])
+    """The JSONL kit's file behind a seqio split."""
+    return jsonl.split_path(self.dataset, self.subset, dict(self.kit_splits)[seqio_split])
+
+  def missing(self, seqio_split: Optional[str] = None, task_names=()) -> Optional[str]:
+    """Why the current source cannot provide this dataset (None if it can)."""
+    for split in [seqio_split] if seqio_split else [s for s, _ in self.splits]:
+      why = sources.current().missing(self, split, task_names)
+      if why:
+        return why
+    return None
 
   def present(self) -> bool:
-    return all(os.path.exists(self.file(s)) for s, _ in self.splits)
+    return self.missing() is None
 
 
 def _rows(spec: DatasetSpec, split: str):
-  source = os.environ.get("MOE_JAX_DATA_SOURCE", "jsonl")
-  if source == "hf":  # for users with network or a local HF cache; not used in tests
-    import datasets  # pylint: disable=import-outside-toplevel
-    yield from datasets.load_dataset(spec.dataset, spec.subset, split=dict(spec.splits)[split])
-    return
-  if source != "jsonl":
-    raise ValueError(f"MOE_JAX_DATA_SOURCE={source!r}; expected one of {SOURCES}")
-  yield from _parsed_rows(spec.file(split))
+  yield from sources.current().rows(spec, split)
 
 
 @functools.lru_cache(maxsize=64)
@@ -59,7 +73,7 @@ def _parsed_file(path: str, mtime_ns: int) -> tuple:
   return tuple(jsonl.read_rows(path))
 
 
-def _parsed_rows(path: str):
+def parsed_rows(path: str):
   """A file's rows, parsed once per process: a mixture has one task per
   template, so each file backs ~10 tasks, and JSON parsing dominated start-up."""
   if not os.path.exists(path):
@@ -68,33 +82,44 @@ def _parsed_rows(path: str):
   yield from _parsed_file(path, os.stat(path).st_mtime_ns)
 
 
-def _ordered_rows(spec, split, shuffle_seed):
-  """(row index, row) in file order, or in a seeded random order when training:
-  rows are cheap to read, templates are not, so the order is shuffled before
-  rendering instead of through a large tf.data shuffle buffer."""
+def sample_order(indices, seed: int) -> list:
+  """`indices` in a fixed pseudo-random order that depends on each index and
+  the seed only, not on how many rows there are: the P3 release keeps only the
+  rows a template rendered, and must draw the same examples as the raw rows."""
+  return sorted(indices, key=lambda i: (zlib.crc32(f"{seed}:{int(i)}".encode()), int(i)))
+
+
+def _ordered_rows(spec, split, shuffle_seed, sample_seed=None):
+  """(row index, row) in file order, or in a seeded random order when training
+  (or in `sample_order` when subsampling): rows are cheap to read, templates
+  are not, so the order is shuffled before rendering instead of through a
+  large tf.data shuffle buffer."""
   rows = enumerate(_rows(spec, split))
-  if shuffle_seed is None:
+  if shuffle_seed is None and sample_seed is None:
     return rows
   rows = list(rows)
+  if sample_seed is not None:
+    return (rows[i] for i in sample_order(range(len(rows)), sample_seed))
   order = np.random.RandomState(shuffle_seed % (2 ** 32)).permutation(len(rows))
   return (rows[i] for i in order)
 
 
-def _examples(spec, template_name, score_eval, split, shuffle_seed=None):
+def _examples(spec, template_name, score_eval, split, shuffle_seed=None, sample_seed=None):
   template = templates.dataset_templates(spec.dataset, spec.subset)[template_name]
   task_id, domain_id = ids.task_id(spec.key), ids.domain_id(spec.category)
-  needed = None
-  for idx, row in _ordered_rows(spec, split, shuffle_seed):
+  needed, where = None, None
+  for idx, row in _ordered_rows(spec, split, shuffle_seed, sample_seed):
     if needed is None:  # the fields this template reads, as the first row spells the schema
       needed = templates.referenced_fields(template) & set(row)
+      where = sources.current().where(spec, split)
     missing = needed - set(row)
     if missing:  # Jinja would silently render a missing field as ''
-      raise jsonl.DataError(f"{spec.file(split)}:{idx + 1}: missing field {sorted(missing)[0]!r} "
+      raise jsonl.DataError(f"{where}:{idx + 1}: missing field {sorted(missing)[0]!r} "
                             f"needed by template {template_name!r}")
     try:
       rendered = templates.render(template, row)
     except Exception as e:  # a template error names the row it failed on
-      raise jsonl.DataError(f"{spec.file(split)}:{idx + 1}: template {template_name!r} failed: {e!r}") from e
+      raise jsonl.DataError(f"{where}:{idx + 1}: template {template_name!r} failed: {e!r}") from e
     if rendered is None:
       continue
     inputs, target, choices = rendered
@@ -124,8 +149,59 @@ def _dataset_fn(spec, template_name, score_eval, split, shuffle_files=False, see
   shuffle_seed = None
   if shuffle_files:  # a per-task seed, so tasks of one dataset differ in order
     shuffle_seed = (0 if seed is None else int(seed)) * 1_000_003 + zlib.crc32(template_name.encode())
+  source = sources.current()
+  if not source.renders:
+    return _released_examples(source.root, spec, template_name, score_eval, split, shuffle_seed)
   gen = functools.partial(_examples, spec, template_name, score_eval, split, shuffle_seed)
   return tf.data.Dataset.from_generator(gen, output_signature=_SCORE_SIGNATURE if score_eval else _SIGNATURE)
+
+
+def _p3_name(spec, template_name, score_eval):
+  name = templates.task_name(spec.dataset, spec.subset, template_name, spec.suffix)
+  return f"{name}_score_eval" if score_eval else name
+
+
+def _released_examples(root, spec, template_name, score_eval, split, shuffle_seed=None) -> tf.data.Dataset:
+  """The P3 release's examples of this task, as our features: `idx` (and
+  `choice_idx`) from P3's [example, choice] pair (training rows: the record's
+  position), the text kept as *_pretokenized, task/domain ids added."""
+  ds = p3_release.read(root, _p3_name(spec, template_name, score_eval), split, shuffle_seed=shuffle_seed)
+  task_id, domain_id = ids.task_id(spec.key), ids.domain_id(spec.category)
+
+  def convert(position, ex):
+    out = {"inputs": ex["inputs"], "targets": ex["targets"], "task_id": tf.constant(task_id, tf.int32),
+           "domain_id": tf.constant(domain_id, tf.int32)}
+    for k in ("inputs_pretokenized", "targets_pretokenized"):
+      if k in ex:
+        out[k] = ex[k]
+    if score_eval:
+      out.update(idx=ex["idx"][0], choice_idx=ex["idx"][1], is_correct=ex["is_correct"])
+    else:
+      out["idx"] = tf.cast(position, tf.int32)
+    return out
+  return ds.enumerate().map(convert)
+
+
+def _ensure_eos(tokens):
+  """P3 appends EOS to targets but not to inputs; our features end both with it."""
+  n = tf.size(tokens)
+  has = tf.logical_and(n > 0, tf.equal(tokens[tf.maximum(n - 1, 0)], EOS))
+  return tf.cond(has, lambda: tokens, lambda: tf.concat([tokens, tf.constant([EOS], tokens.dtype)], 0))
+
+
+def tokenize_and_append_eos(dataset: tf.data.Dataset, output_features) -> tf.data.Dataset:
+  """Text rows -> seqio's tokenize + append_eos; pre-tokenised rows (the P3
+  release) -> EOS ensured. The dtype decides, so one Task serves every source."""
+  if dataset.element_spec["inputs"].dtype == tf.string:
+    dataset = seqio.preprocessors.tokenize(dataset, output_features)
+    return seqio.preprocessors.append_eos(dataset, output_features)
+  return dataset.map(lambda ex: dict(ex, inputs=_ensure_eos(ex["inputs"]), targets=_ensure_eos(ex["targets"])))
+
+
+def preprocessors(spec: DatasetSpec) -> list:
+  """The one place a task's preprocessors are assembled (after the source)."""
+  del spec  # the same for every dataset today
+  return [tokenize_and_append_eos]
 
 
 SUBSAMPLE_SEED = 0
@@ -138,17 +214,21 @@ def is_score_task(name: str) -> bool:
 
 def sample_score_rows(name: str, split: str, num_examples: int, seed: int = SUBSAMPLE_SEED) -> list[dict]:
   """Tokenised rank-classification rows of `num_examples` examples drawn at random
-  (fixed seed) from the whole split, in row order. Rows are visited in a seeded
-  permutation and only those needed are rendered, so a small, unbiased subsample
-  of a large split is cheap (taking the first rows is biased: ANLI R3's dev
-  split starts with 16 'entailment' rows). The same rows for every template of
-  a dataset, except where a guarded template skips a row."""
+  (fixed seed) from the whole split, in row order. Rows are visited in
+  `sample_order` and only those needed are rendered, so a small, unbiased
+  subsample of a large split is cheap (taking the first rows is biased: ANLI
+  R3's dev split starts with 16 'entailment' rows). The same rows for every
+  template of a dataset, except where a guarded template skips a row, and the
+  same examples whichever source the rows come from."""
   spec, template = _SCORE_TASKS[name]
   if split not in dict(spec.splits):
     raise ValueError(f"{name} has no split {split!r}; splits: {[s for s, _ in spec.splits]}")
+  source = sources.current()
+  if not source.renders:
+    return _sample_released(source.root, spec, template, split, num_examples, seed)
   v = vocab.t5_vocabulary()
   chosen: dict[int, list[dict]] = {}
-  for ex in _examples(spec, template, True, split, shuffle_seed=seed):
+  for ex in _examples(spec, template, True, split, sample_seed=seed):
     if ex["idx"] not in chosen:
       if len(chosen) == num_examples:
         break
@@ -157,9 +237,25 @@ def sample_score_rows(name: str, split: str, num_examples: int, seed: int = SUBS
   out = []
   for idx in sorted(chosen):
     for ex in chosen[idx]:  # as seqio's tokenize + append_eos would produce them
-      out.append(dict(ex, inputs=np.asarray(v.encode(ex["inputs"]) + [1], np.int32),
-                      targets=np.asarray(v.encode(ex["targets"]) + [1], np.int32)))
+      out.append(dict(ex, inputs=np.asarray(v.encode(ex["inputs"]) + [EOS], np.int32),
+                      targets=np.asarray(v.encode(ex["targets"]) + [EOS], np.int32)))
   return out
+
+
+def _sample_released(root, spec, template, split, num_examples, seed) -> list[dict]:
+  by_idx: dict[int, list[dict]] = {}
+  for ex in _released_examples(root, spec, template, True, split).as_numpy_iterator():
+    by_idx.setdefault(int(ex["idx"]), []).append(ex)
+  out = []
+  for idx in sorted(sample_order(by_idx, seed)[:num_examples]):
+    for ex in sorted(by_idx[idx], key=lambda e: int(e["choice_idx"])):
+      out.append(dict(ex, inputs=_eos_np(ex["inputs"]), targets=_eos_np(ex["targets"])))
+  return out
+
+
+def _eos_np(tokens):
+  tokens = np.asarray(tokens, np.int32)
+  return tokens if len(tokens) and tokens[-1] == EOS else np.append(tokens, np.int32(EOS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,28 +273,27 @@ def register(spec: DatasetSpec, *, original_task_only: bool = False) -> list[Reg
   ids.task_id(spec.key)
   ids.domain_id(spec.category)
   features = vocab.output_features(_LazyVocab())
-  preprocessors = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos]
+  splits = [s for s, _ in spec.splits]
   for template_name in templates.template_names(spec.dataset, spec.subset, original_task_only):
-    name = templates.task_name(spec.dataset, spec.subset, template_name, spec.suffix)
-    splits = [s for s, _ in spec.splits]
+    name = _p3_name(spec, template_name, False)
     _add(name, seqio.FunctionDataSource(
-        functools.partial(_dataset_fn, spec, template_name, False), splits=splits), preprocessors, features)
+        functools.partial(_dataset_fn, spec, template_name, False), splits=splits), preprocessors(spec), features)
     score_name = None
     if tpl[template_name].answer_choices:
-      score_name = f"{name}_score_eval"
+      score_name = _p3_name(spec, template_name, True)
       _SCORE_TASKS[score_name] = (spec, template_name)
       _add(score_name, seqio.FunctionDataSource(
-          functools.partial(_dataset_fn, spec, template_name, True), splits=splits), preprocessors, features)
+          functools.partial(_dataset_fn, spec, template_name, True), splits=splits), preprocessors(spec), features)
     out.append(RegisteredTask(name, spec, template_name, score_name))
   return out
 
 
-def _add(name, source, preprocessors, features):
+def _add(name, source, preprocessors_, features):
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   # Rows arrive already shuffled (see _ordered_rows); a small buffer suffices
   # and keeps a 100-task mixture from rendering 1000 examples per task first.
-  seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors, output_features=features,
+  seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors_, output_features=features,
                          shuffle_buffer_size=SHUFFLE_BUFFER)
 
 

@@ -1,0 +1,78 @@
+"""python -m moe_jax.data.inspect --mixture=t0_train   (or --task=NAME)
+
+A table of the mixture's (or task's) datasets: templates (tasks), the rate of
+each task, and whether the current data source (MOE_JAX_DATA_SOURCE) can
+provide it, checked cheaply (files exist; hf: the builder resolves); then, as
+the last line, one JSON object: {"datasets", "tasks", "available", "missing"}
+(counts of datasets, tasks and available datasets; the missing datasets' names).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _entries(mixture: str | None, task: str | None):
+  """(spec, task names, rate per task, split) per dataset."""
+  import seqio
+  from tasks import registration
+  from moe_jax.data import registry
+  if mixture in registration.MIXTURES:
+    split = "validation" if mixture.endswith("score_eval") else "train"
+    return [(e.spec, e.tasks, e.rate, split) for e in registration.MIXTURES[mixture]]
+  name = mixture or task
+  found = registry.get_task_or_mixture(name)  # KeyError with close matches
+  by_name = {t.name: t for ts in registration.REGISTERED.values() for t in ts}
+  by_name.update({t.score_eval: t for ts in registration.REGISTERED.values() for t in ts if t.score_eval})
+  tasks_ = found.tasks if isinstance(found, seqio.Mixture) else [found]
+  out = {}
+  for t in tasks_:
+    if t.name not in by_name:
+      raise KeyError(f"{t.name} is not a P3 task of moe-jax's suites")
+    spec = by_name[t.name].spec
+    rate = found.get_rate(t) if isinstance(found, seqio.Mixture) else 1.0
+    split = "validation" if t.name.endswith("_score_eval") else "train"
+    if split not in dict(spec.splits):
+      split = spec.splits[0][0]
+    out.setdefault(spec.key, (spec, [], rate, split))[1].append(t.name)
+  return list(out.values())
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  group = parser.add_mutually_exclusive_group(required=True)
+  group.add_argument("--mixture")
+  group.add_argument("--task")
+  args = parser.parse_args(argv)
+  import tasks  # noqa: F401  registers (no data read)
+  from moe_jax.data import sources
+  try:
+    entries = _entries(args.mixture, args.task)
+  except KeyError as e:
+    print(f"error: {e.args[0]}", file=sys.stderr)
+    return 2
+  source = sources.current()
+  rows, missing, n_tasks = [], [], 0
+  for spec, names, rate, split in entries:
+    why = spec.missing(split, names)
+    if why:
+      missing.append(spec.key)
+    n_tasks += len(names)
+    status = f"no: {why}" if why else "yes"
+    if not why and source.kind == "jsonl" and split in dict(spec.kit) and dict(spec.kit)[split] != split:
+      status = f"yes (kit: {dict(spec.kit)[split]} stands in)"
+    rows.append((spec.key, len(names), f"{rate:,.1f}", split, status))
+  print(f"source: {source} ({sources.SOURCE_ENV}); "
+        f"{'SKIP_UNAVAILABLE on' if sources.skip_unavailable() else 'SKIP_UNAVAILABLE off'}")
+  print("| dataset | templates | rate per task | split | available |")
+  print("|---|---:|---:|---|---|")
+  for r in rows:
+    print("| " + " | ".join(str(x) for x in r) + " |")
+  print(json.dumps({"datasets": len(rows), "tasks": n_tasks, "available": len(rows) - len(missing),
+                    "missing": missing}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
