@@ -34,7 +34,8 @@ class DecoderOnlyLayer(nn.Module):
     path = f"decoder/layer_{self.layer}"
     info = sites.LayerInfo(path=path, stack="decoder", layer=self.layer, num_layers=c.num_layers,
                            d_model=c.d_model, site_kinds=_LAYER_KINDS)
-    ctx = sites.apply_layer_hook(self.adapters, info, sites.LayerInput(x, prompt_mask), ctx)
+    layer_input = sites.LayerInput(x, prompt_mask, segment_ids=ctx.segment_ids)
+    ctx = sites.apply_layer_hook(self.adapters, info, layer_input, ctx)
     drop = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
     h = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="pre_self_attention_layer_norm")(x)
     h = Attention(num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.kv_dim,
@@ -69,7 +70,7 @@ class DecoderOnlyTransformer(nn.Module):
     if token_mask is None:
       token_mask = jnp.ones((batch, length), bool)
     ctx = sites.AdapterContext(features=dict(features or {}), token_mask=token_mask,
-                               deterministic=deterministic,
+                               segment_ids=decoder_segment_ids, deterministic=deterministic,
                                decode_phase=("prefill" if prefill else "step") if decode else None)
     hook = self.adapters.model_hook(name="model_hook")
     if hook is not None:

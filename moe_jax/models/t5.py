@@ -75,7 +75,8 @@ class EncoderLayer(_Block):
   @nn.compact
   def __call__(self, x, ctx: sites.AdapterContext, *, mask, bias_fn):
     info = self._layer_info(self.config.num_encoder_layers, ("self_attention",))
-    ctx = sites.apply_layer_hook(self.adapters, info, sites.LayerInput(x, ctx.token_mask), ctx)
+    layer_input = sites.LayerInput(x, ctx.token_mask, segment_ids=ctx.segment_ids)
+    ctx = sites.apply_layer_hook(self.adapters, info, layer_input, ctx)
     h = self._norm("pre_attention_layer_norm")(x)
     h = self._attention("attention", "self_attention")(h, h, ctx, mask=mask, bias_fn=bias_fn)
     x = x + self._dropout(h, ctx)
@@ -90,7 +91,8 @@ class DecoderLayer(_Block):
   def __call__(self, x, ctx: sites.AdapterContext, *, encoded, encoded_mask, self_mask,
                cross_mask, bias_fn, positions, decode):
     info = self._layer_info(self.config.num_decoder_layers, ("self_attention", "cross_attention"))
-    layer_input = sites.LayerInput(x, ctx.token_mask, encoded, encoded_mask)
+    layer_input = sites.LayerInput(x, ctx.token_mask, encoded, encoded_mask, ctx.segment_ids,
+                                   ctx.encoded_segment_ids)
     ctx = sites.apply_layer_hook(self.adapters, info, layer_input, ctx)
     h = self._norm("pre_self_attention_layer_norm")(x)
     h = self._attention("self_attention", "self_attention")(
@@ -187,16 +189,17 @@ class T5Transformer(nn.Module):
     self.decoder = Decoder(cfg, self.adapters, self.token_embedder)
     self.adapter_model_hook = self.adapters.model_hook(name=None)
 
-  def _context(self, features, token_mask, deterministic, decode_phase=None):
+  def _context(self, features, token_mask, deterministic, decode_phase=None, segment_ids=None):
     ctx = sites.AdapterContext(features=dict(features or {}), token_mask=token_mask,
-                               deterministic=deterministic, decode_phase=decode_phase)
+                               segment_ids=segment_ids, deterministic=deterministic,
+                               decode_phase=decode_phase)
     if self.adapter_model_hook is not None:
       ctx = ctx.replace(model_state=self.adapter_model_hook(ctx))
     return ctx
 
   def encode(self, encoder_input_tokens, features=None, *, encoder_segment_ids=None,
              deterministic=True):
-    ctx = self._context(features, encoder_input_tokens > 0, deterministic)
+    ctx = self._context(features, encoder_input_tokens > 0, deterministic, segment_ids=encoder_segment_ids)
     return self.encoder(encoder_input_tokens, ctx, encoder_segment_ids)
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, features=None, *,
@@ -209,8 +212,8 @@ class T5Transformer(nn.Module):
     else:
       token_mask = decoder_target_tokens > 0
     ctx = self._context(features, token_mask, deterministic,
-                        ("prefill" if prefill else "step") if decode else None)
-    ctx = ctx.replace(encoded_mask=encoder_input_tokens > 0)
+                        ("prefill" if prefill else "step") if decode else None, decoder_segment_ids)
+    ctx = ctx.replace(encoded_mask=encoder_input_tokens > 0, encoded_segment_ids=encoder_segment_ids)
     return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens, ctx,
                         decoder_target_tokens=decoder_target_tokens,
                         encoder_segment_ids=encoder_segment_ids,

@@ -30,8 +30,7 @@ class MoLoRASite(nn.Module):
   def __call__(self, x, y, ctx):
     n_in = len(self.info.in_shape)
     router_input = x.reshape(x.shape[:-n_in] + (-1,))  # o: heads x d_kv flattened
-    mask = sites.site_token_mask(self.info, ctx)
-    probs = Router(self.router, name="router")(router_input, ctx, mask)  # [B, T, E]
+    probs = Router(self.router, name="router")(router_input, ctx, sites.site_sequence(self.info, ctx))  # [B, T, E]
     experts = LowRankExperts(self.info, self.router.num_experts, self.rank, self.a_init,
                              self.dropout_rate, name="experts")
     return y + (self.alpha / self.rank) * experts.mix(x, probs, ctx).astype(y.dtype)

@@ -32,7 +32,7 @@ class MoVSite(nn.Module):
                          (e,) + self.info.out_shape, jnp.float32)
     # k/v: y [B, T, H, D] -> probs [B, T, H, E]; FFN: y [B, T, F] -> [B, T, E]
     router_input = x if self.info.kind == sites.FFN_HIDDEN else y
-    probs = Router(self.router, name="router")(router_input, ctx, sites.site_token_mask(self.info, ctx))
+    probs = Router(self.router, name="router")(router_input, ctx, sites.site_sequence(self.info, ctx))
     spec = "bthe,ehd->bthd" if len(self.info.out_shape) == 2 else "bte,ef->btf"
     if self.router.top_k is None or self.router.renormalize:
       # Probabilities sum to one, so sum_e p_e l_e = 1 + sum_e p_e (l_e - 1);

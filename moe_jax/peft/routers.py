@@ -3,13 +3,20 @@
 A router is a bias-free dense layer (kernel ~ N(0, 0.02)) computed in float32
 whatever the model dtype, followed by a softmax over experts (Zadouri et al.
 2023: p = softmax(W_g x)). Options: routing per token (the released MoV code: the router
-reads the activation being adapted), per sentence (mean over non-pad tokens) or
-from a provided `routing_embedding` feature; top-k with or without
+reads the activation being adapted), per sentence or from a provided
+`routing_embedding` feature; top-k with or without
 renormalising the kept probabilities; multiplicative jitter noise on the router
 input during training; Switch-Transformer load-balancing loss
 E * sum_e f_e P_e (Fedus et al. 2021, eq. 4) and router z-loss
 mean(logsumexp(logits)^2) (Zoph et al. 2022, eq. 5), each sown with its own
 weight (0 by default, as the released code).
+
+Sentence routing (not in the released code; our definition): the router reads
+the mean of its input over the token's own sequence - the whole segment in the
+encoder (and for cross-attention keys/values), the tokens up to and including
+the current one in a decoder, so training never looks ahead and cached
+decoding (a running sum in the 'cache' collection) computes the same thing.
+Packed rows are pooled per segment.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_jax.peft import sites
+from moe_jax.peft import pooling, sites
 
 ROUTING_MODES = ("token", "sentence", "embedding")
 
@@ -30,7 +37,7 @@ class RouterConfig:
   num_experts: int
   routing: str = "token"
   top_k: Optional[int] = None  # None: soft merge over all experts
-  renormalize: bool = True  # after top-k, rescale the kept probabilities to sum to 1
+  renormalize: bool = False  # after top-k, rescale the kept probabilities to sum to 1
   jitter_noise: float = 0.0
   load_balance_weight: float = 0.0
   z_loss_weight: float = 0.0
@@ -93,12 +100,6 @@ def router_z_loss(logits: jax.Array, weights: jax.Array) -> jax.Array:
   return jnp.sum(jnp.square(z) * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def _masked_mean_over_tokens(x, token_mask):
-  """x [B, T, ...F], mask [B, T] -> [B, ...F]."""
-  m = token_mask.astype(jnp.float32).reshape(token_mask.shape + (1,) * (x.ndim - 2))
-  return jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
-
-
 class Router(nn.Module):
   """Routes the items of `x` [B, T, ..., F] (F: the router's input features).
 
@@ -110,15 +111,18 @@ class Router(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, ctx: sites.AdapterContext,
-               token_mask: Optional[jax.Array] = None) -> jax.Array:
-    """`token_mask` [B, T] marks x's real tokens (default: all)."""
+               seq: Optional[sites.SiteSequence] = None) -> jax.Array:
+    """`seq`: x's tokens (real-token mask, segments, causality); default: all
+    real, one sequence per row, not causal."""
     cfg = self.config
     batch, length = x.shape[:2]
-    if token_mask is None:
-      token_mask = jnp.ones((batch, length), bool)
+    if seq is None or seq.mask is None:
+      seq = sites.SiteSequence(jnp.ones((batch, length), bool), None if seq is None else seq.segment_ids,
+                               False if seq is None else seq.causal)
+    token_mask = seq.mask
     inputs = x.astype(jnp.float32)
     if cfg.routing == "sentence":
-      inputs = _masked_mean_over_tokens(inputs, token_mask)[:, None]
+      inputs = self._sentence(inputs, seq, ctx)
     elif cfg.routing == "embedding":
       if "routing_embedding" not in ctx.features:
         raise KeyError("routing='embedding' needs a 'routing_embedding' batch feature [B, D]")
@@ -136,6 +140,21 @@ class Router(nn.Module):
     self._losses_and_stats(logits, probs, token_mask)
     kept = select_top_k(probs, cfg.top_k, cfg.renormalize)
     return jnp.broadcast_to(kept, x.shape[:-1] + (cfg.num_experts,))
+
+  def _sentence(self, x, seq, ctx):
+    if not seq.causal:
+      return pooling.masked_mean(x, seq.mask, seq.segment_ids)
+    if ctx.decode_phase is None:
+      return pooling.prefix_mean(x, seq.mask, seq.segment_ids)
+    # Cached decoding: carry the sum and count of the tokens seen so far.
+    b = x.shape[0]
+    total = self.variable("cache", "sentence_sum", jnp.zeros, (b,) + x.shape[2:], jnp.float32)
+    count = self.variable("cache", "sentence_count", jnp.zeros, (b,), jnp.float32)
+    m = seq.mask.astype(jnp.float32)
+    sums = total.value[:, None] + jnp.cumsum(x * m.reshape(m.shape + (1,) * (x.ndim - 2)), axis=1)
+    counts = count.value[:, None] + jnp.cumsum(m, axis=1)
+    total.value, count.value = sums[:, -1], counts[:, -1]
+    return sums / jnp.maximum(counts, 1.0).reshape(counts.shape + (1,) * (x.ndim - 2))
 
   def _losses_and_stats(self, logits, probs, token_mask):
     cfg = self.config

@@ -67,6 +67,8 @@ class LayerInput:
   mask: Optional[jax.Array]  # [B, T] 1 for real tokens
   encoded: Optional[jax.Array] = None  # [B, S, d_model] encoder output (T5 decoder)
   encoded_mask: Optional[jax.Array] = None  # [B, S]
+  segment_ids: Optional[jax.Array] = None  # [B, T] packed segments of `hidden` (None: unpacked)
+  encoded_segment_ids: Optional[jax.Array] = None  # [B, S]
 
 
 @flax.struct.dataclass
@@ -75,6 +77,8 @@ class AdapterContext:
   features: dict[str, jax.Array]  # task_id, domain_id, routing_embedding, ...
   token_mask: Optional[jax.Array] = None  # [B, T] non-pad mask of the current stack
   encoded_mask: Optional[jax.Array] = None  # [B, S] encoder mask (T5 decoder only)
+  segment_ids: Optional[jax.Array] = None  # [B, T] packed segments of the current stack
+  encoded_segment_ids: Optional[jax.Array] = None  # [B, S] packed segments of the encoder output
   model_state: Any = None  # output of the model hook
   layer_state: Any = None  # output of the current layer's hook
   deterministic: bool = flax.struct.field(pytree_node=False, default=True)
@@ -125,13 +129,31 @@ def kernel_name(kind: str) -> str:
   return SITE_KERNEL.get(kind, kind)
 
 
+def _over_encoder(info: SiteInfo) -> bool:
+  return info.block == "cross_attention" and info.kind in ("k", "v")
+
+
 def site_token_mask(info: SiteInfo, ctx: AdapterContext):
   """[B, length] mask of the sequence a site's x and y run over: cross-attention
   keys/values run over the encoder output, everything else over the stack's own
   tokens. None when unknown (treat every position as real)."""
-  if info.block == "cross_attention" and info.kind in ("k", "v"):
-    return ctx.encoded_mask
-  return ctx.token_mask
+  return ctx.encoded_mask if _over_encoder(info) else ctx.token_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteSequence:
+  """The tokens a site's x and y run over: which are real, their packed
+  segments (None: one sequence per row) and whether a token may only see its
+  past (decoder sites; cross-attention keys/values run over the encoder)."""
+  mask: Optional[jax.Array]
+  segment_ids: Optional[jax.Array]
+  causal: bool
+
+
+def site_sequence(info: SiteInfo, ctx: AdapterContext) -> SiteSequence:
+  if _over_encoder(info):
+    return SiteSequence(ctx.encoded_mask, ctx.encoded_segment_ids, causal=False)
+  return SiteSequence(ctx.token_mask, ctx.segment_ids, causal=info.stack == "decoder")
 
 
 def apply_site(adapters: Adapters, info: SiteInfo, x, y, ctx: AdapterContext):

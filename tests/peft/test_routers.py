@@ -38,10 +38,11 @@ def test_load_balance_and_z_loss_closed_forms():
   np.testing.assert_allclose(router_z_loss(logits, jnp.ones(2)), (z[0] ** 2 + z[1] ** 2) / 2, rtol=1e-6)
 
 
-def _run(config, x, ctx=CTX, mask=None, mutable=False):
+def _run(config, x, ctx=CTX, mask=None, mutable=False, segment_ids=None, causal=False):
   router = Router(config)
-  variables = router.init(jax.random.key(0), x, ctx, mask)
-  return router.apply(variables, x, ctx, mask, mutable=mutable)
+  seq = sites.SiteSequence(mask, segment_ids, causal)
+  variables = router.init(jax.random.key(0), x, ctx, seq)
+  return router.apply(variables, x, ctx, seq, mutable=mutable)
 
 
 def test_router_is_float32_and_softmax():
