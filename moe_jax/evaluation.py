@@ -28,9 +28,14 @@ class ZeroShotEvaluator:
 
   def __call__(self, model, params, step: Optional[int] = None) -> dict:
     from moe_jax.data import rank_eval
+    from moe_jax import routing_embeddings
     score = model.score_batch
     suite = self.suite()
-    report = rank_eval.evaluate(lambda b: score(params, b), suite, self.lengths, batch_size=self.batch_size,
+    table = routing_embeddings.for_run(model, params, self.model_dir) if routing_embeddings.needed(
+        model.adapters) else None
+    with_context = (lambda b: routing_embeddings.attach(b, table)) if table is not None else (lambda b: b)
+    report = rank_eval.evaluate(lambda b: score(params, with_context(b)), suite, self.lengths,
+                                batch_size=self.batch_size,
                                 max_examples_per_template=self.max_examples,
                                 decoder_only=model.config.family == "decoder")
     report["step"] = step
@@ -38,10 +43,10 @@ class ZeroShotEvaluator:
     rank_eval.write_report(report, out_dir)
     print(f"\nzero-shot evaluation at step {step}:\n" + rank_eval.markdown(report), flush=True)
     if self.plot:
-      self._plot(model, params, suite, out_dir, step)
+      self._plot(model, params, suite, out_dir, step, with_context)
     return report
 
-  def _plot(self, model, params, suite, out_dir, step):
+  def _plot(self, model, params, suite, out_dir, step, with_context):
     import seqio
 
     from moe_jax.data import converters
@@ -51,12 +56,12 @@ class ZeroShotEvaluator:
         continue
       task = seqio.get_mixture_or_task(d.score_tasks[0])
       ds = task.get_dataset(sequence_length=self.lengths, split=d.split, shuffle=False, use_cached=False)
-      ds = ds.map(lambda ex: {k: ex[k] for k in ("inputs", "targets", "task_id", "domain_id")})
+      ds = ds.map(lambda ex: {k: ex[k] for k in ("inputs", "targets", "task_id", "domain_id", "template_id")})
       if model.config.family == "decoder":
         ds = converters.prefix_lm(ds, self.lengths["inputs"] + self.lengths["targets"])
       else:
         ds = converters.encdec(ds, self.lengths)
-      batch = next(converters.batches(ds.take(16), 16))
+      batch = with_context(next(converters.batches(ds.take(16), 16)))
       per_task[d.key] = plots.router_probabilities(model, params, batch)
     if any(per_task.values()):
       path = plots.expert_heatmaps(per_task, os.path.join(out_dir, "expert_probs.png"),

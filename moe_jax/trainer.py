@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from moe_jax import checkpoints, metrics, optim, partitioning
+from moe_jax import checkpoints, metrics, optim, partitioning, routing_embeddings
 from moe_jax.models.api import BaseModel
 from moe_jax.peft.trainable import trainable_mask
 
@@ -188,8 +188,11 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     print(f"{model_dir} is already at step {step} >= train_steps={train_steps}")
     return {}
 
+  extra = {}
+  if not pack and hasattr(source, "tasks"):  # a seqio Mixture keeps only inputs/targets unless told
+    extra["passthrough_features"] = converters.CONTEXT_FEATURES
   ds = source.get_dataset(sequence_length=task_feature_lengths, split="train", shuffle=True,
-                          seed=shuffle_seed, num_epochs=None, use_cached=False)
+                          seed=shuffle_seed, num_epochs=None, use_cached=False, **extra)
   if model.config.family == "decoder":
     ds = converters.prefix_lm(ds, task_feature_lengths["inputs"] + task_feature_lengths["targets"])
   else:
@@ -198,12 +201,20 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   ds = ds.skip(batches_seen * batch_size)  # same data order as the uninterrupted run
   batch_iter = converters.batches(ds, batch_size, drop_remainder=True)
 
+  routing_table = None
+  if routing_embeddings.needed(model.adapters):
+    if pack:
+      raise TrainingError("routing='embedding' needs per-example template ids: set PACK=False")
+    routing_table = routing_embeddings.for_run(model, merge_params(trainable, frozen), model_dir)
+    print(f"instruction embeddings for {len(routing_table)} templates in {model_dir}")
   logger = metrics.Logger(model_dir, total_steps=train_steps, batch_size=batch_size, start_step=step)
   rng = jax.random.key(seed + 1)
   last = {}
   while step < train_steps:
     batch = next(batch_iter)
     batches_seen += 1
+    if routing_table is not None:
+      batch = routing_embeddings.attach(batch, routing_table)
     task_ids = batch.get("task_id")
     with partitioner.context():
       trainable, opt_state, m = step_fn(trainable, frozen, opt_state, partitioner.shard_batch(batch),

@@ -20,7 +20,7 @@ import seqio
 import tensorflow as tf
 
 EOS = 1
-CONTEXT_FEATURES = ("task_id", "domain_id")
+CONTEXT_FEATURES = ("task_id", "domain_id", "template_id")
 RANK_FEATURES = ("idx", "choice_idx", "is_correct")
 
 

@@ -1,4 +1,5 @@
-"""Stable integer ids for tasks (MOELoRA's gate) and domains (MoA's routers).
+"""Stable integer ids for tasks (MOELoRA's gate), domains (MoA's routers) and
+prompt templates (instruction-embedding routing).
 
 Ids are assigned in registration order (tasks/ registers in a fixed order) and
 saved with a run (`save`), so inference reuses exactly the training ids
@@ -9,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 
-_MAPS: dict[str, dict[str, int]] = {"task_ids": {}, "domain_ids": {}}
+_MAPS: dict[str, dict[str, int]] = {"task_ids": {}, "domain_ids": {}, "template_ids": {}}
+_OPTIONAL = ("template_ids",)  # absent from runs saved before it existed
 
 
 def id_for(kind: str, name: str) -> int:
@@ -25,6 +27,18 @@ def task_id(name: str) -> int:
 
 def domain_id(name: str) -> int:
   return id_for("domain_ids", name)
+
+
+def template_id(name: str) -> int:
+  """Id of a prompt template, named as its (training) P3 task."""
+  return id_for("template_ids", name)
+
+
+def name_of(kind: str, wanted: int) -> str:
+  for name, i in _MAPS[kind].items():
+    if i == wanted:
+      return name
+  raise KeyError(f"no {kind} entry with id {wanted}")
 
 
 def current() -> dict[str, dict[str, int]]:
@@ -43,6 +57,8 @@ def restore(path: str) -> None:
   with open(path) as f:
     saved = json.load(f)
   for kind in _MAPS:
+    if kind not in saved and kind in _OPTIONAL:
+      saved[kind] = {}
     if kind not in saved:
       raise ValueError(f"{path}: no {kind!r} map")
     merged = dict(saved[kind])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import zlib
 from typing import Optional
 
@@ -107,6 +108,7 @@ def _ordered_rows(spec, split, shuffle_seed, sample_seed=None):
 def _examples(spec, template_name, score_eval, split, shuffle_seed=None, sample_seed=None):
   template = templates.dataset_templates(spec.dataset, spec.subset)[template_name]
   task_id, domain_id = ids.task_id(spec.key), ids.domain_id(spec.category)
+  template_id = ids.template_id(_p3_name(spec, template_name, False))
   needed, where = None, None
   for idx, row in _ordered_rows(spec, split, shuffle_seed, sample_seed):
     if needed is None:  # the fields this template reads, as the first row spells the schema
@@ -123,7 +125,8 @@ def _examples(spec, template_name, score_eval, split, shuffle_seed=None, sample_
     if rendered is None:
       continue
     inputs, target, choices = rendered
-    base = {"inputs": inputs, "idx": idx, "task_id": task_id, "domain_id": domain_id}
+    base = {"inputs": inputs, "idx": idx, "task_id": task_id, "domain_id": domain_id,
+            "template_id": template_id}
     if not score_eval:
       yield dict(base, targets=target)
       continue
@@ -137,7 +140,7 @@ def _examples(spec, template_name, score_eval, split, shuffle_seed=None, sample_
 
 _SIGNATURE = {"inputs": tf.TensorSpec((), tf.string), "targets": tf.TensorSpec((), tf.string),
               "idx": tf.TensorSpec((), tf.int32), "task_id": tf.TensorSpec((), tf.int32),
-              "domain_id": tf.TensorSpec((), tf.int32)}
+              "domain_id": tf.TensorSpec((), tf.int32), "template_id": tf.TensorSpec((), tf.int32)}
 _SCORE_SIGNATURE = dict(_SIGNATURE, choice_idx=tf.TensorSpec((), tf.int32),
                         is_correct=tf.TensorSpec((), tf.bool))
 
@@ -167,10 +170,11 @@ def _released_examples(root, spec, template_name, score_eval, split, shuffle_see
   position), the text kept as *_pretokenized, task/domain ids added."""
   ds = p3_release.read(root, _p3_name(spec, template_name, score_eval), split, shuffle_seed=shuffle_seed)
   task_id, domain_id = ids.task_id(spec.key), ids.domain_id(spec.category)
+  template_id = ids.template_id(_p3_name(spec, template_name, False))
 
   def convert(position, ex):
     out = {"inputs": ex["inputs"], "targets": ex["targets"], "task_id": tf.constant(task_id, tf.int32),
-           "domain_id": tf.constant(domain_id, tf.int32)}
+           "domain_id": tf.constant(domain_id, tf.int32), "template_id": tf.constant(template_id, tf.int32)}
     for k in ("inputs_pretokenized", "targets_pretokenized"):
       if k in ex:
         out[k] = ex[k]
@@ -206,6 +210,7 @@ def preprocessors(spec: DatasetSpec) -> list:
 
 SUBSAMPLE_SEED = 0
 _SCORE_TASKS: dict[str, tuple[DatasetSpec, str]] = {}  # score-eval task name -> (spec, template)
+_TEMPLATES: dict[str, tuple[DatasetSpec, str]] = {}  # template (training task) name -> (spec, template)
 
 
 def is_score_task(name: str) -> bool:
@@ -276,6 +281,8 @@ def register(spec: DatasetSpec, *, original_task_only: bool = False) -> list[Reg
   splits = [s for s, _ in spec.splits]
   for template_name in templates.template_names(spec.dataset, spec.subset, original_task_only):
     name = _p3_name(spec, template_name, False)
+    _TEMPLATES[name] = (spec, template_name)
+    ids.template_id(name)
     _add(name, seqio.FunctionDataSource(
         functools.partial(_dataset_fn, spec, template_name, False), splits=splits), preprocessors(spec), features)
     score_name = None
@@ -286,6 +293,17 @@ def register(spec: DatasetSpec, *, original_task_only: bool = False) -> list[Reg
           functools.partial(_dataset_fn, spec, template_name, True), splits=splits), preprocessors(spec), features)
     out.append(RegisteredTask(name, spec, template_name, score_name))
   return out
+
+
+def instruction_text(template_task: str) -> str:
+  """A template's instruction: its prompt's literal text, with the Jinja
+  fields and control blocks (the example's content) left out."""
+  spec, template_name = _TEMPLATES[template_task]
+  source = templates.dataset_templates(spec.dataset, spec.subset)[template_name].jinja
+  prompt = source.split("|||")[0]
+  prompt = re.sub(r"{%.*?%}|{{.*?}}|{#.*?#}", " ", prompt, flags=re.S)
+  text = " ".join(prompt.split())
+  return text or template_name  # a template made only of fields: its name says what it asks
 
 
 def _add(name, source, preprocessors_, features):

@@ -57,7 +57,7 @@ def evaluate_task(score_fn: ScoreFn, task_name: str, lengths: dict, *, split: st
     if len(r["inputs"]) > lengths["inputs"] or len(r["targets"]) > lengths["targets"]:
       truncated.add(int(r["idx"]))
   import tensorflow as tf  # only here: keeps the report code importable without TF
-  keys = ["inputs", "targets", "idx", "choice_idx", "is_correct", "task_id", "domain_id"]
+  keys = ["inputs", "targets", "idx", "choice_idx", "is_correct", "task_id", "domain_id", "template_id"]
   ds = tf.data.Dataset.from_generator(
       lambda: ({k: r[k] for k in keys} for r in rows),
       output_signature={k: tf.TensorSpec((None,) if k in ("inputs", "targets") else (),

@@ -53,10 +53,11 @@ def per_sequence_totals(weights, segment_ids=None):
   return sums[ids]
 
 
-def _dummy_context(batch_size):
-  """Ids that task/domain-conditioned adapters need to initialise."""
+def _dummy_context(batch_size, d_model):
+  """Features that task/domain/instruction-conditioned adapters need to initialise
+  (routing embeddings have the backbone's width, see routing_embeddings.py)."""
   z = jnp.zeros((batch_size,), jnp.int32)
-  return {"task_id": z, "domain_id": z}
+  return {"task_id": z, "domain_id": z, "routing_embedding": jnp.zeros((batch_size, d_model), jnp.float32)}
 
 
 def sum_collection(tree) -> jax.Array:
@@ -235,7 +236,7 @@ class EncoderDecoderModel(BaseModel):
   def _dummy_batch(self, batch_size=1, length=4):
     z = jnp.ones((batch_size, length), jnp.int32)
     return {"encoder_input_tokens": z, "decoder_input_tokens": z, "decoder_target_tokens": z,
-            **_dummy_context(batch_size)}
+            **_dummy_context(batch_size, self.config.d_model)}
 
   def _module_kwargs(self, batch):
     return dict(encoder_input_tokens=batch["encoder_input_tokens"],
@@ -286,7 +287,7 @@ class DecoderOnlyModel(BaseModel):
 
   def _dummy_batch(self, batch_size=1, length=4):
     z = jnp.ones((batch_size, length), jnp.int32)
-    return {"decoder_input_tokens": z, "decoder_target_tokens": z, **_dummy_context(batch_size)}
+    return {"decoder_input_tokens": z, "decoder_target_tokens": z, **_dummy_context(batch_size, self.config.d_model)}
 
   def _module_kwargs(self, batch):
     tokens = batch["decoder_input_tokens"]
