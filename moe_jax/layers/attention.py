@@ -3,10 +3,22 @@
 One module serves T5 (relative position bias, no logit scaling) and Llama
 (RoPE, 1/sqrt(d) scaling, fewer KV heads). The q/k/v/o projections are adapter
 sites; k and v are cached *after* their sites, so an adapter's effect on the
-keys is computed once per token, as in the uncached forward pass.
+keys is computed once per token, as in the uncached forward pass. Cross-attention
+keys/values (over the fixed encoder output) are computed once, at prefill, and
+read from the cache at every decoding step.
+
+The attention itself goes through `jax.nn.dot_product_attention` (T5's relative
+position bias passed as its `bias`), so GPUs can use cuDNN's fused kernel;
+`implementation` picks "xla", "cudnn", or None (jax decides), and
+"einsum" is the explicit path below. That function has no dropout, so training
+with attention dropout always takes the explicit path (its mask is broadcast
+over query positions, as flaxformer). The default comes from
+$MOE_JAX_ATTENTION_IMPL when set.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 from typing import Callable, Optional
 
 import flax.linen as nn
@@ -20,11 +32,39 @@ from moe_jax.peft import sites
 NEG_INF = -1e10  # finite, so fully masked rows (padding queries) stay NaN-free
 
 BiasFn = Callable[[jax.Array, jax.Array], jax.Array]  # (q_pos [b,Tq], k_pos [Tk]) -> [b,H,Tq,Tk]
+IMPLEMENTATIONS = (None, "xla", "cudnn", "einsum")
+
+
+def default_implementation() -> Optional[str]:
+  impl = os.environ.get("MOE_JAX_ATTENTION_IMPL") or None
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"MOE_JAX_ATTENTION_IMPL={impl!r}; expected one of {IMPLEMENTATIONS[1:]}")
+  return impl
 
 
 def dot_product_attention(q, k, v, *, bias=None, mask=None, scale=1.0, dropout_rate=0.0,
-                          deterministic=True, dropout_rng=None, dtype=jnp.float32):
+                          deterministic=True, dropout_rng=None, dtype=jnp.float32,
+                          implementation: Optional[str] = None):
   """q [B,Tq,H,D], k/v [B,Tk,Hkv,D], bias [b,H,Tq,Tk], mask bool [B,1|H,Tq,Tk]."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation={implementation!r}; expected one of {IMPLEMENTATIONS}")
+  if implementation != "einsum" and (deterministic or dropout_rate == 0):
+    return _fused(q, k, v, bias, mask, scale, dtype, implementation)
+  return _explicit(q, k, v, bias, mask, scale, dropout_rate, deterministic, dropout_rng, dtype)
+
+
+def _fused(q, k, v, bias, mask, scale, dtype, implementation):
+  q, k, v = (t.astype(dtype) for t in (q, k, v))
+  if bias is not None:
+    # cuDNN wants the bias in the activation dtype; XLA adds it to float32 logits.
+    bias = bias.astype(dtype if implementation == "cudnn" else jnp.float32)
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (q.shape[0], mask.shape[1], q.shape[1], k.shape[1]))
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
+                                      implementation=implementation)
+
+
+def _explicit(q, k, v, bias, mask, scale, dropout_rate, deterministic, dropout_rng, dtype):
   b, tq, h, d = q.shape
   hkv = k.shape[2]
   g = h // hkv  # query heads per KV head; head h uses KV head h // g
@@ -71,6 +111,7 @@ class Attention(nn.Module):
   stack: str = ""
   layer: int = 0
   block: str = "self_attention"
+  implementation: Optional[str] = dataclasses.field(default_factory=default_implementation)
 
   def _site(self, kind, x, y, ctx, in_shape, out_shape, in_axes, out_axes):
     info = sites.SiteInfo(path=f"{self.site_path}/{kind}", stack=self.stack, layer=self.layer,
@@ -94,14 +135,17 @@ class Attention(nn.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tq), (batch, tq))
     q = self._proj("query", inputs_q, self.num_heads, ctx)
-    k = self._proj("key", inputs_kv, kv_heads, ctx)
-    v = self._proj("value", inputs_kv, kv_heads, ctx)
+    if decode and self.block == "cross_attention":
+      k, v = self._cross_kv(inputs_kv, kv_heads, ctx)
+    else:
+      k = self._proj("key", inputs_kv, kv_heads, ctx)
+      v = self._proj("value", inputs_kv, kv_heads, ctx)
     if self.rope_theta is not None:
       q = apply_rope(q, positions, self.rope_theta)
       k = apply_rope(k, positions, self.rope_theta)
 
     q_pos_for_bias = positions
-    if decode:
+    if decode and self.block != "cross_attention":
       k, v, mask = self._update_cache(k, v, positions)
     else:
       q_pos_for_bias = positions[:1]  # non-decode positions are the same for every example
@@ -115,13 +159,26 @@ class Attention(nn.Module):
     out = dot_product_attention(
         q, k, v, bias=bias, mask=mask, scale=self.head_dim ** -0.5 if self.scale_logits else 1.0,
         dropout_rate=self.dropout_rate, deterministic=ctx.deterministic, dropout_rng=dropout_rng,
-        dtype=self.dtype)
+        dtype=self.dtype, implementation=self.implementation)
     o_dense = DenseGeneral(features=(inputs_q.shape[-1],), in_axes=("heads", "kv"), out_axes=("embed",),
                            kernel_init=self.kernel_init, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="out")
     d_model = inputs_q.shape[-1]
     return self._site("o", out, o_dense(out), ctx, (self.num_heads, self.head_dim), (d_model,),
                       ("heads", "kv"), ("embed",))
+
+  def _cross_kv(self, inputs_kv, kv_heads, ctx):
+    """Keys/values over the encoder output: projected (with their adapter sites)
+    at prefill and cached; decoding steps only read them."""
+    if ctx.decode_phase == "prefill":
+      k = self._proj("key", inputs_kv, kv_heads, ctx)
+      v = self._proj("value", inputs_kv, kv_heads, ctx)
+      self.variable("cache", "cross_key", jnp.zeros, k.shape, k.dtype).value = k
+      self.variable("cache", "cross_value", jnp.zeros, v.shape, v.dtype).value = v
+      return k, v
+    if not self.has_variable("cache", "cross_key"):
+      raise ValueError(f"{self.site_path}: a decoding step before prefill (no cached cross-attention keys)")
+    return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
 
   def _update_cache(self, k, v, positions):
     initialized = self.has_variable("cache", "cached_key")

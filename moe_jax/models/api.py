@@ -251,7 +251,9 @@ class EncoderDecoderModel(BaseModel):
     features = context_features(batch)
     n = enc_tokens.shape[0]
     encoded = self.module.apply({"params": params}, enc_tokens, features, method="encode")
-    cache_len = max_decode_length + 1  # the loop feeds one token past the last output
+    # Positions 0 (the start token) .. max_decode_length - 1: the last output
+    # token is never fed back.
+    cache_len = max_decode_length
 
     def decode(variables, tokens, positions, prefill=False):
       return self.module.apply(variables, encoded, enc_tokens, tokens, features,
@@ -259,9 +261,10 @@ class EncoderDecoderModel(BaseModel):
                                mutable=["cache"], method="decode")
 
     zeros = jnp.zeros((n, cache_len), jnp.int32)
-    _, init = decode({"params": params}, zeros, jnp.broadcast_to(jnp.arange(cache_len), (n, cache_len)),
-                     prefill=True)
-    cache = jax.tree_util.tree_map(jnp.zeros_like, init["cache"])
+    # Only the cache's shapes are needed here (no computation is traced into the program).
+    shapes = jax.eval_shape(lambda: decode({"params": params}, zeros, jnp.broadcast_to(
+        jnp.arange(cache_len), (n, cache_len)), prefill=True)[1]["cache"])
+    cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
     def step_fn(cache, tokens, positions, prefill=False):
       logits, new = decode({"params": params, "cache": cache}, tokens[:, None], positions[:, None],
@@ -316,7 +319,8 @@ class DecoderOnlyModel(BaseModel):
     else:
       lengths = jnp.sum(prompt != self.config.pad_id, axis=-1).astype(jnp.int32)
     features = context_features(batch)
-    cache_len = prompt_len + max_decode_length + 1
+    # The prompt, then max_decode_length - 1 generated tokens fed back (the last is not).
+    cache_len = prompt_len + max_decode_length - 1
 
     def run(variables, tokens, positions, token_mask=None, prefill=False):
       if token_mask is None:
@@ -326,8 +330,9 @@ class DecoderOnlyModel(BaseModel):
                                prefill=prefill, mutable=["cache"])
 
     full = jnp.broadcast_to(jnp.arange(cache_len), (n, cache_len))
-    _, init = run({"params": params}, jnp.zeros((n, cache_len), jnp.int32), full, prefill=True)
-    cache = jax.tree_util.tree_map(jnp.zeros_like, init["cache"])
+    shapes = jax.eval_shape(lambda: run({"params": params}, jnp.zeros((n, cache_len), jnp.int32), full,
+                                        prefill=True)[1]["cache"])
+    cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     # Prefill: the whole right-padded prompt at once; positions past an
     # example's length hold junk keys that its generated tokens overwrite.
     prompt_mask = jnp.arange(prompt_len)[None] < lengths[:, None]

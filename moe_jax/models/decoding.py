@@ -18,27 +18,35 @@ NEG_INF = -1e30
 
 def greedy_search(step_fn: StepFn, cache, first_log_probs, start_positions, *, max_decode_length: int,
                   eos_id: int, pad_id: int = 0):
-  """Returns tokens [N, max_decode_length] and their summed log-probabilities [N]."""
+  """Returns tokens [N, max_decode_length] and their summed log-probabilities [N].
+
+  The model runs max_decode_length - 1 steps: the last token is chosen from
+  the previous step's log-probabilities and never fed back."""
   n = first_log_probs.shape[0]
 
-  def cond(state):
-    i, _, _, _, done, _ = state
-    return (i < max_decode_length) & ~jnp.all(done)
-
-  def body(state):
-    i, cache, log_probs, out, done, score = state
+  def pick(i, log_probs, out, done, score):
     token = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
     token_lp = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
     score = score + jnp.where(done, 0.0, token_lp)
     token = jnp.where(done, pad_id, token)
     out = out.at[:, i].set(token)
-    done = done | (token == eos_id)
+    return token, out, done | (token == eos_id), score
+
+  def cond(state):
+    i, _, _, _, done, _ = state
+    return (i < max_decode_length - 1) & ~jnp.all(done)
+
+  def body(state):
+    i, cache, log_probs, out, done, score = state
+    token, out, done, score = pick(i, log_probs, out, done, score)
     log_probs, cache = step_fn(cache, token, start_positions + i)
     return i + 1, cache, log_probs, out, done, score
 
   out = jnp.full((n, max_decode_length), pad_id, jnp.int32)
   state = (0, cache, first_log_probs, out, jnp.zeros(n, bool), jnp.zeros(n, jnp.float32))
-  _, _, _, out, _, score = jax.lax.while_loop(cond, body, state)
+  i, _, log_probs, out, done, score = jax.lax.while_loop(cond, body, state)
+  # Early exit (all done) leaves i < max_decode_length - 1: the pick writes padding there.
+  _, out, _, score = pick(i, log_probs, out, done, score)
   return out, score
 
 
@@ -67,8 +75,7 @@ def beam_search(step_fn: StepFn, cache, first_log_probs, start_positions, *, num
   def gather_flat(x, beam_idx):  # x [B*K, ...], e.g. a cache leaf
     return gather_beams(x.reshape((b, k) + x.shape[1:]), beam_idx).reshape(x.shape)
 
-  def body(i, state):
-    cache, log_probs, seqs, done, lengths, scores = state
+  def select(i, log_probs, seqs, done, lengths, scores):
     log_probs = log_probs.reshape(b, k, vocab)
     # A finished beam may only continue with padding, at no cost.
     pad_only = jnp.full((vocab,), NEG_INF).at[pad_id].set(0.0)
@@ -77,20 +84,27 @@ def beam_search(step_fn: StepFn, cache, first_log_probs, start_positions, *, num
     new_scores, flat = jax.lax.top_k(cand, k)
     beam_idx, token = flat // vocab, (flat % vocab).astype(jnp.int32)
     seqs, done, lengths = (gather_beams(x, beam_idx) for x in (seqs, done, lengths))
-    cache = jax.tree_util.tree_map(lambda x: gather_flat(x, beam_idx), cache)
     token = jnp.where(done, pad_id, token)
     seqs = seqs.at[:, :, i].set(token)
     lengths = lengths + (~done).astype(jnp.int32)
     done = done | (token == eos_id)
+    return beam_idx, token, seqs, done, lengths, new_scores
+
+  def body(i, state):
+    cache, log_probs, seqs, done, lengths, scores = state
+    beam_idx, token, seqs, done, lengths, scores = select(i, log_probs, seqs, done, lengths, scores)
+    cache = jax.tree_util.tree_map(lambda x: gather_flat(x, beam_idx), cache)
     log_probs, cache = step_fn(cache, token.reshape(nk), start_positions + i)
-    return cache, log_probs, seqs, done, lengths, new_scores
+    return cache, log_probs, seqs, done, lengths, scores
 
   # Only the first copy of each example is live at the start, so the first
   # step expands it into k distinct continuations.
   scores = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
   seqs = jnp.full((b, k, max_decode_length), pad_id, jnp.int32)
   state = (cache, first_log_probs, seqs, jnp.zeros((b, k), bool), jnp.zeros((b, k), jnp.int32), scores)
-  _, _, seqs, _, lengths, scores = jax.lax.fori_loop(0, max_decode_length, body, state)
+  # max_decode_length - 1 model steps; the last token needs no step after it.
+  _, log_probs, seqs, done, lengths, scores = jax.lax.fori_loop(0, max_decode_length - 1, body, state)
+  _, _, seqs, _, lengths, scores = select(max_decode_length - 1, log_probs, seqs, done, lengths, scores)
   normalised = scores / brevity_penalty(jnp.maximum(lengths, 1), alpha)
   order = jnp.argsort(-normalised, axis=1)
   seqs = jnp.take_along_axis(seqs, order[..., None], axis=1)

@@ -99,7 +99,8 @@ class DecoderLayer(_Block):
         h, h, ctx, mask=self_mask, bias_fn=bias_fn, positions=positions, decode=decode)
     x = x + self._dropout(h, ctx)
     h = self._norm("pre_cross_attention_layer_norm")(x)
-    h = self._attention("encoder_decoder_attention", "cross_attention")(h, encoded, ctx, mask=cross_mask)
+    h = self._attention("encoder_decoder_attention", "cross_attention")(
+        h, encoded, ctx, mask=cross_mask, decode=decode)  # decode: keys/values cached at prefill
     x = x + self._dropout(h, ctx)
     h = self._mlp()(self._norm("pre_mlp_layer_norm")(x), ctx)
     return x + self._dropout(h, ctx)

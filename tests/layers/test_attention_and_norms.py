@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from moe_jax.layers.attention import dot_product_attention
 from moe_jax.layers.norms import RMSNorm
@@ -54,3 +55,20 @@ def test_attention_dropout_mask_is_shared_by_every_query_position():
   assert set(np.unique(np.round(rows * tk * 0.5, 6))) == {0.0, 1.0}  # kept keys rescaled by 1/(1-p)
   assert 0 < np.mean(rows == 0) < 1
   assert not np.allclose(rows[:, :, 0], rows[:, :, 1])  # masks differ across heads
+
+
+def test_fused_attention_equals_the_explicit_path_with_bias_mask_and_gqa():
+  # jax.nn.dot_product_attention (XLA) against the explicit einsum path: T5's
+  # relative bias as `bias`, a padding mask with a fully masked query row, GQA.
+  rng = np.random.RandomState(4)
+  q = jnp.asarray(rng.randn(2, 5, 6, 4), jnp.float32)
+  k = jnp.asarray(rng.randn(2, 7, 2, 4), jnp.float32)
+  v = jnp.asarray(rng.randn(2, 7, 2, 4), jnp.float32)
+  bias = jnp.asarray(rng.randn(1, 6, 5, 7) * 3, jnp.float32)
+  mask = jnp.asarray(rng.rand(2, 1, 5, 7) > 0.3).at[1, :, 2].set(False)
+  explicit = dot_product_attention(q, k, v, bias=bias, mask=mask, scale=0.5, implementation="einsum")
+  fused = dot_product_attention(q, k, v, bias=bias, mask=mask, scale=0.5, implementation="xla")
+  np.testing.assert_allclose(fused, explicit, atol=1e-5)
+  assert np.abs(np.asarray(explicit)).max() > 0.1
+  with pytest.raises(ValueError, match="implementation"):
+    dot_product_attention(q, k, v, implementation="flash")

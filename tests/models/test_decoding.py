@@ -87,3 +87,63 @@ def test_single_beam_is_greedy(setup):
                                         eos_id=model.config.eos_id)
   np.testing.assert_array_equal(best, greedy)
   assert beams.shape == (2, 1, 5)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_search_runs_one_model_step_per_fed_back_token(num_beams):
+  # The last output token is chosen from the previous step's log-probabilities
+  # and never fed back: L outputs take L - 1 model steps, at positions 1..L-1.
+  from moe_jax.models import decoding
+  fed = []
+  lp = jnp.log(jnp.array([0.05, 0.05, 0.6, 0.2, 0.1]))  # token 2 best, EOS (1) never chosen
+
+  def step_fn(cache, tokens, positions):
+    jax.debug.callback(lambda p: fed.append(np.asarray(p).copy()), positions, ordered=True)
+    return jnp.broadcast_to(lp, (tokens.shape[0], 5)), cache
+
+  n = 2 * num_beams
+  first = jnp.broadcast_to(lp, (n, 5))
+  start = jnp.ones((n,), jnp.int32)
+  if num_beams == 1:
+    out, _ = decoding.greedy_search(step_fn, {}, first, start, max_decode_length=4, eos_id=1)
+  else:
+    out, _, _ = decoding.beam_search(step_fn, {}, first, start, num_beams=num_beams, max_decode_length=4,
+                                     eos_id=1)
+  jax.effects_barrier()
+  assert [int(p[0]) for p in fed] == [1, 2, 3]
+  np.testing.assert_array_equal(np.asarray(out), 2)
+
+
+def _dots(jaxpr, inside_loop=False):
+  """(inside a while loop?, dot_general equation) for every dot in a jaxpr, nested ones included."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      yield inside_loop, eqn
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _dots(inner, inside_loop or eqn.primitive.name == "while")
+
+
+def test_decode_loop_has_no_encoder_length_projection():
+  # Cross-attention keys/values (after their adapter sites) are projected once at
+  # prefill; the loop body only reads them from the cache.
+  from functools import partial
+  from moe_jax.peft import MoV
+  cfg = get_preset("t5_1_1_tiny", vocab_size=V, eos_id=1)  # d_model 64, d_kv 16
+  model = build_model(cfg, MoV(num_experts=2))
+  enc_len = 13
+  batch = {"encoder_input_tokens": jnp.ones((2, enc_len), jnp.int32)}
+  params = model.init(jax.random.key(0))
+  jaxpr = jax.make_jaxpr(partial(model._predict, max_decode_length=4, num_beams=1))(params, batch).jaxpr
+
+  def projects_encoder(eqn):  # an operand over the encoder positions, contracted over d_model
+    (lhs_c, rhs_c), _ = eqn.params["dimension_numbers"]
+    shapes = [eqn.invars[0].aval.shape, eqn.invars[1].aval.shape]
+    return any(enc_len in s and any(s[c] == cfg.d_model for c in cs) for s, cs in zip(shapes, (lhs_c, rhs_c)))
+
+  found = [(loop, projects_encoder(e)) for loop, e in _dots(jaxpr)]
+  assert any(loop for loop, _ in found), "no decode loop found"
+  assert any(p and not loop for loop, p in found)  # the encoder and prefill do project
+  assert not any(p and loop for loop, p in found)
