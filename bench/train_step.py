@@ -1,22 +1,20 @@
 """Train-step cost of every method over one frozen backbone, side by side.
 
-    make bench        # or: .venv/bin/python -m bench.train_step [--preset=t5_1_1_small] [--steps=10]
+    python -m bench.train_step [--preset=t5_1_1_small] [--layers=2] [--methods=ia3,mov_10]
 
 For each method preset (moe_jax.peft.PRESETS) plus full fine-tuning, builds
-the same backbone, jits the real TrainStep (Adafactor, frozen-base split),
-and measures steady-state step time after compilation, tokens/s, trainable
-parameters and XLA's compiled memory estimate (arguments + temporaries).
-Ratios are against IA3 (MoV's single-expert baseline) measured in the same
-process. Prints one JSON object; --out also writes it.
-
-Expected shape of the result (2 CPU cores, t5_1_1_small, 2+2 layers): MoV-10
-a modest multiple of IA3's step time, the adapter methods far cheaper in
-optimizer memory than full fine-tuning; absolute numbers depend on the host.
+the same backbone, jits the real TrainStep (Adafactor, frozen-base split) and
+measures, round-robin over the methods (bench/timing.py), the median step
+time after compilation, tokens/s, trainable parameters, XLA's compiled memory
+(arguments + temporaries) and its cost analysis (FLOPs, bytes accessed).
+Ratios are against IA3 and LoRA-r4 measured in the same process. `make bench`
+(bench/run.py) runs this with decoding and the PyTorch reference as well.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import platform
@@ -26,13 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_jax import partitioning, trainer
-from moe_jax.models import build_model, get_preset
-from moe_jax.peft import NO_ADAPTERS, PRESETS
-from moe_jax.peft.trainable import count, trainable_mask
+from bench import timing
+
+METHODS = "ia3,lora_r4,mov_10,molora_10,moelora,milora,moa_4,full"
 
 
-def _batch(batch_size, in_len, out_len, vocab, seed=0):
+def make_batch(batch_size, in_len, out_len, vocab, seed=0):
   r = np.random.RandomState(seed)
   return {"encoder_input_tokens": r.randint(2, vocab, (batch_size, in_len)).astype(np.int32),
           "decoder_input_tokens": r.randint(2, vocab, (batch_size, out_len)).astype(np.int32),
@@ -41,34 +38,92 @@ def _batch(batch_size, in_len, out_len, vocab, seed=0):
           "domain_id": (np.arange(batch_size) % 4).astype(np.int32)}
 
 
-def measure(config, adapters, batch, steps, trainable_regex=None) -> dict:
-  model = build_model(config, adapters)
+def backbone(pkg, preset: str, layers: int, **overrides):
+  """`preset` from `pkg` (moe_jax, or a baseline revision), `layers` per stack (0: the preset's)."""
+  config = importlib.import_module(pkg.__name__ + ".models").get_preset(preset, **overrides)
+  if layers:
+    config = dataclasses.replace(config, num_encoder_layers=layers, num_decoder_layers=layers)
+  return config
+
+
+def cost(compiled) -> dict:
+  """XLA's compiled memory and cost estimates (whatever the backend reports)."""
+  out = {}
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    out["argument_mb"] = mem.argument_size_in_bytes / 2 ** 20
+    out["temp_mb"] = mem.temp_size_in_bytes / 2 ** 20
+    out["output_mb"] = mem.output_size_in_bytes / 2 ** 20
+  ca = compiled.cost_analysis()
+  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+  if ca:
+    out["flops"] = float(ca.get("flops", 0.0))
+    out["bytes_accessed"] = float(ca.get("bytes accessed", 0.0))
+  return out
+
+
+def prepare(pkg, config, method: str, batch):
+  """(run one step, facts) for `method` (a preset name or "full") on `pkg`."""
+  peft = importlib.import_module(pkg.__name__ + ".peft")
+  trainable_lib = importlib.import_module(pkg.__name__ + ".peft.trainable")
+  trainer = importlib.import_module(pkg.__name__ + ".trainer")
+  partitioning = importlib.import_module(pkg.__name__ + ".partitioning")
+  models = importlib.import_module(pkg.__name__ + ".models")
+  if method == "full":  # every parameter trainable: the cost PEFT avoids
+    adapters, regex = peft.NO_ADAPTERS, ".*"
+  elif method in peft.PRESETS:
+    adapters, regex = peft.PRESETS[method], None
+  else:
+    raise SystemExit(f"unknown method preset {method!r}; choose from {sorted(peft.PRESETS)} or 'full'")
+  model = models.build_model(config, adapters)
   params = model.init(jax.random.key(0), batch)
-  mask = trainable_mask(params, trainable_regex)
+  mask = trainable_lib.trainable_mask(params, regex)
   trainable, frozen = trainer.split_params(params, mask)
   axes = trainer._subtree(model.param_logical_axes(batch), trainable)
   part = partitioning.Partitioner(partitioning.make_mesh(-1, 1))
   step = trainer.TrainStep(model, part, axes, learning_rate=1e-3)
+  state = {}
   with part.context():
-    opt = step.init_opt_state(trainable)
+    state["trainable"], state["opt"] = trainable, step.init_opt_state(trainable)
     rng = jax.random.key(1)
     t0 = time.perf_counter()
-    compiled = step._step.lower(trainable, frozen, opt, batch, rng).compile()
-    mem = compiled.memory_analysis()
-    trainable, opt, m = compiled(trainable, frozen, opt, batch, rng)  # warm-up step
-    jax.block_until_ready(m["loss"])
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i in range(steps):
-      trainable, opt, m = compiled(trainable, frozen, opt, batch, jax.random.fold_in(rng, i))
-    jax.block_until_ready(m["loss"])
-    step_s = (time.perf_counter() - t0) / steps
-  tokens = int(np.sum(batch["encoder_input_tokens"] > 0) + np.sum(batch["decoder_target_tokens"] > 0))
-  out = {"step_ms": 1e3 * step_s, "tokens_per_sec": tokens / step_s, "compile_and_first_step_s": compile_s,
-         "trainable_params": count(params, mask), "total_params": count(params)}
-  if mem is not None:
-    out["argument_mb"] = mem.argument_size_in_bytes / 2 ** 20
-    out["temp_mb"] = mem.temp_size_in_bytes / 2 ** 20
+    compiled = step._step.lower(state["trainable"], frozen, state["opt"], batch, rng).compile()
+    facts = cost(compiled)
+
+    def run():
+      with part.context():
+        state["trainable"], state["opt"], m = compiled(state["trainable"], frozen, state["opt"], batch, rng)
+        jax.block_until_ready(m["loss"])
+
+    run()
+    facts["compile_and_first_step_s"] = time.perf_counter() - t0
+  facts["trainable_params"] = trainable_lib.count(params, mask)
+  facts["total_params"] = trainable_lib.count(params)
+  return run, facts
+
+
+def tokens_per_batch(batch) -> int:
+  return int(np.sum(batch["encoder_input_tokens"] > 0) + np.sum(batch["decoder_target_tokens"] > 0))
+
+
+def summarise(timed: dict, facts: dict, batch, peak_flops=None) -> dict:
+  """Per variant: facts + median step, tokens/s, ratios to IA3 / LoRA-r4 of its own package."""
+  out = {}
+  for name, f in facts.items():
+    r = dict(f, step_ms=1e3 * timed[name]["median_s"], rounds_ms=[1e3 * t for t in timed[name]["rounds_s"]])
+    r["tokens_per_sec"] = tokens_per_batch(batch) / timed[name]["median_s"]
+    if peak_flops and r.get("flops"):
+      r["percent_of_matmul_peak"] = 100.0 * r["flops"] / timed[name]["median_s"] / peak_flops
+    out[name] = r
+  for name, r in out.items():
+    prefix = name[:-len(name.split(":")[-1])]  # "before:" for baseline variants, "" otherwise
+    for ref in ("ia3", "lora_r4"):
+      if prefix + ref in out:
+        r[f"step_vs_{ref}"] = r["step_ms"] / out[prefix + ref]["step_ms"]
+        if r.get("flops") and out[prefix + ref].get("flops"):
+          r[f"flops_vs_{ref}"] = r["flops"] / out[prefix + ref]["flops"]
+        if r.get("bytes_accessed") and out[prefix + ref].get("bytes_accessed"):
+          r[f"bytes_vs_{ref}"] = r["bytes_accessed"] / out[prefix + ref]["bytes_accessed"]
   return out
 
 
@@ -78,30 +133,21 @@ def main(argv=None) -> dict:
   p.add_argument("--layers", type=int, default=2, help="encoder and decoder layers (0: the preset's)")
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--lengths", default="128,32", help="inputs,targets")
-  p.add_argument("--steps", type=int, default=10)
-  p.add_argument("--methods", default="ia3,lora_r4,mov_10,molora_10,moelora,milora,moa_4,full")
+  p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--methods", default=METHODS)
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
-  config = get_preset(args.preset)
-  if args.layers:
-    config = dataclasses.replace(config, num_encoder_layers=args.layers, num_decoder_layers=args.layers)
+  import moe_jax
+  config = backbone(moe_jax, args.preset, args.layers)
   in_len, out_len = map(int, args.lengths.split(","))
-  batch = jax.tree_util.tree_map(jnp.asarray, _batch(args.batch_size, in_len, out_len, config.vocab_size))
-  results = {}
+  batch = jax.tree_util.tree_map(jnp.asarray, make_batch(args.batch_size, in_len, out_len, config.vocab_size))
+  runs, facts = {}, {}
   for name in args.methods.split(","):
-    if name == "full":  # every parameter trainable: the cost PEFT avoids
-      results[name] = measure(config, NO_ADAPTERS, batch, args.steps, trainable_regex=".*")
-    else:
-      if name not in PRESETS:
-        raise SystemExit(f"unknown method preset {name!r}; choose from {sorted(PRESETS)} or 'full'")
-      results[name] = measure(config, PRESETS[name], batch, args.steps)
-    print(f"{name}: {results[name]['step_ms']:.1f} ms/step", flush=True)
-  base = results.get("ia3")
-  if base:
-    for r in results.values():
-      r["step_time_vs_ia3"] = r["step_ms"] / base["step_ms"]
+    runs[name], facts[name] = prepare(moe_jax, config, name, batch)
+    print(f"{name}: compiled in {facts[name]['compile_and_first_step_s']:.1f} s", flush=True)
+  results = summarise(timing.round_robin(runs, args.rounds), facts, batch)
   report = {"benchmark": "train_step", "backbone": args.preset, "layers": args.layers,
-            "batch_size": args.batch_size, "lengths": [in_len, out_len], "steps": args.steps,
+            "batch_size": args.batch_size, "lengths": [in_len, out_len], "rounds": args.rounds,
             "device": jax.devices()[0].device_kind, "host": platform.node(), "cpu_count": os.cpu_count(),
             "jax": jax.__version__, "results": results}
   text = json.dumps(report, indent=1)

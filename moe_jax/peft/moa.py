@@ -87,6 +87,10 @@ class DomainRouter(nn.Module):
 
 
 class MoASite(nn.Module):
+  """The domains' LoRAs as one expert tensor: per-domain parameters (so a
+  domain can be added or trained alone) stacked at apply time into A [D, in, r]
+  and B [D, r, out]. The routing weights are one-hot, so each example gathers
+  its domain's pair and runs one LoRA: the cost of a single LoRA, whatever D."""
   info: sites.SiteInfo
   domains: tuple[str, ...]
   rank: int
@@ -96,13 +100,17 @@ class MoASite(nn.Module):
 
   @nn.compact
   def __call__(self, x, y, ctx):
-    weights = ctx.layer_state  # [B, n_domains], one-hot
-    lead = (1,) * (x.ndim - len(self.info.in_shape) - 1)
-    delta = 0
-    for i, d in enumerate(self.domains):
-      pair = LowRankExperts(self.info, 1, self.rank, self.a_init, self.dropout_rate, name=d)
-      w = weights[:, i].reshape((-1,) + lead + (1,))
-      delta = delta + pair.mix(x, w, ctx)
+    pairs = [LowRankExperts(self.info, 1, self.rank, self.a_init, name=d) for d in self.domains]
+    a = jnp.concatenate([p.lora_a for p in pairs], 0)  # [D, *in, r]
+    b = jnp.concatenate([p.lora_b for p in pairs], 0)  # [D, r, *out]
+    domain = jnp.argmax(ctx.layer_state, axis=-1)  # [B]; layer_state is one-hot [B, D]
+    n_in = len(self.info.in_shape)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=ctx.deterministic)
+    flat = x.reshape(x.shape[:1] + (-1,) + (int(np.prod(self.info.in_shape)),))  # [B, T, f]
+    a_x = jnp.asarray(a, x.dtype).reshape(a.shape[0], -1, self.rank)[domain]  # [B, f, r]
+    b_x = jnp.asarray(b, x.dtype).reshape(b.shape[0], self.rank, -1)[domain]  # [B, r, o]
+    h = jnp.einsum("btf,bfr->btr", flat, a_x)
+    delta = jnp.einsum("btr,bro->bto", h, b_x).reshape(x.shape[:-n_in] + self.info.out_shape)
     return y + (self.alpha / self.rank) * delta.astype(y.dtype)
 
 
