@@ -69,13 +69,18 @@ class LowRankExperts(nn.Module):
         (self.num_experts, self.rank) + out_shape, jnp.float32)
     self.dropout = nn.Dropout(self.dropout_rate)
 
+  def down_kernel(self, dtype) -> jax.Array:
+    """Every expert's A as one [in, E*r] matrix (experts major in the columns)."""
+    a = jnp.asarray(self.lora_a, dtype).reshape(self.num_experts, -1, self.rank)
+    return jnp.transpose(a, (1, 0, 2)).reshape(a.shape[1], -1)
+
   def down(self, x: jax.Array, ctx: sites.AdapterContext) -> jax.Array:
     """x [..., *in] -> rank-space activations [..., E, r]."""
     n_in = len(self.info.in_shape)
     x = self.dropout(x, deterministic=ctx.deterministic)
     flat = x.reshape(x.shape[:-n_in] + (-1,))
-    a = jnp.asarray(self.lora_a, x.dtype).reshape(self.num_experts, -1, self.rank)
-    return jnp.einsum("...f,efr->...er", flat, a)
+    h = flat @ self.down_kernel(x.dtype)  # one matmul for all experts
+    return h.reshape(h.shape[:-1] + (self.num_experts, self.rank))
 
   def up(self, h: jax.Array) -> jax.Array:
     """Rank-space [..., E, r] -> [..., *out], summing over experts in one matmul."""

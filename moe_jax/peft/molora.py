@@ -30,10 +30,19 @@ class MoLoRASite(nn.Module):
   def __call__(self, x, y, ctx):
     n_in = len(self.info.in_shape)
     router_input = x.reshape(x.shape[:-n_in] + (-1,))  # o: heads x d_kv flattened
-    probs = Router(self.router, name="router")(router_input, ctx, sites.site_sequence(self.info, ctx))  # [B, T, E]
+    router = Router(self.router, name="router")
     experts = LowRankExperts(self.info, self.router.num_experts, self.rank, self.a_init,
                              self.dropout_rate, name="experts")
-    return y + (self.alpha / self.rank) * experts.mix(x, probs, ctx).astype(y.dtype)
+    seq = sites.site_sequence(self.info, ctx)
+    if router.fusable(router_input, ctx) and (self.dropout_rate == 0 or ctx.deterministic):
+      # Router logits and the experts' down projection read the same x: one matmul.
+      probs, down = router(router_input, ctx, seq, fused_kernel=experts.down_kernel(x.dtype))
+      h = down.reshape(down.shape[:-1] + (self.router.num_experts, self.rank))
+      delta = experts.up(h * probs[..., None].astype(h.dtype))
+    else:
+      probs = router(router_input, ctx, seq)  # [B, T, E]
+      delta = experts.mix(x, probs, ctx)
+    return y + (self.alpha / self.rank) * delta.astype(y.dtype)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -109,11 +109,23 @@ class Router(nn.Module):
   """
   config: RouterConfig
 
+  def fusable(self, x: jax.Array, ctx: sites.AdapterContext) -> bool:
+    """Whether `__call__(..., fused_kernel=...)` computes its logits and the
+    caller's projection of the same x in one matmul: token routing on float32
+    inputs, no jitter noise in play."""
+    cfg = self.config
+    return (cfg.routing == "token" and x.dtype == jnp.float32
+            and (cfg.jitter_noise == 0 or ctx.deterministic))
+
   @nn.compact
   def __call__(self, x: jax.Array, ctx: sites.AdapterContext,
-               seq: Optional[sites.SiteSequence] = None) -> jax.Array:
+               seq: Optional[sites.SiteSequence] = None, fused_kernel: Optional[jax.Array] = None):
     """`seq`: x's tokens (real-token mask, segments, causality); default: all
-    real, one sequence per row, not causal."""
+    real, one sequence per row, not causal.
+
+    With `fused_kernel` [F, K] (only where `fusable`), returns (probs, x @
+    fused_kernel) from one matmul with the router kernel concatenated: x is
+    read once for both, forward and backward (MoLoRA's down projection)."""
     cfg = self.config
     batch, length = x.shape[:2]
     if seq is None or seq.mask is None:
@@ -135,11 +147,18 @@ class Router(nn.Module):
     kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                ("router_in", "expert")),
                         (inputs.shape[-1], cfg.num_experts), jnp.float32)
-    logits = inputs @ kernel
+    if fused_kernel is not None:
+      if not self.fusable(x, ctx):
+        raise ValueError(f"router input {x.dtype} with routing={cfg.routing!r}: cannot fuse")
+      both = inputs @ jnp.concatenate([kernel, fused_kernel.astype(kernel.dtype)], axis=1)
+      logits, projected = both[..., :cfg.num_experts], both[..., cfg.num_experts:]
+    else:
+      logits = inputs @ kernel
     probs = jax.nn.softmax(logits, axis=-1)
     self._losses_and_stats(logits, probs, token_mask)
     kept = select_top_k(probs, cfg.top_k, cfg.renormalize)
-    return jnp.broadcast_to(kept, x.shape[:-1] + (cfg.num_experts,))
+    kept = jnp.broadcast_to(kept, x.shape[:-1] + (cfg.num_experts,))
+    return (kept, projected) if fused_kernel is not None else kept
 
   def _sentence(self, x, seq, ctx):
     if not seq.causal:
