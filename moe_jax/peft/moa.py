@@ -1,8 +1,10 @@
 """MoA, Mixture-of-LoRAs (Feng et al. 2024): domain LoRAs combined by routers.
 
-Training happens in stages, each a trainable-parameter regex over one tree:
-  1. each domain's LoRA alone on its data, routed by the given `domain_id`
-     (`domain_regex(name)`; the other domains' LoRAs are frozen or absent);
+Training happens in stages:
+  1. each domain's LoRA alone on its data, routed by the given `domain_id`:
+     either a one-domain `MoA((name,))` trained by itself and then appended with
+     `add_domain`, or in place with `domain_optimizer(tx, params, name)`, which
+     updates only that domain's slice of every stacked tensor;
   2. per-layer routers - a linear classifier over domains on the mean-pooled
      (then RMS-normalised) layer input - trained with cross-entropy against `domain_id` while the
      LoRAs are frozen (`ROUTER_REGEX`, `router_loss_weight` > 0).
@@ -11,9 +13,14 @@ router (`"per_layer"`), or by one decision for all layers from the routers'
 majority vote (`"majority"`) or the last layer's choice (`"last"`), see
 `route_by_vote` (a router pass, then a pass with the chosen domain).
 
-Each domain owns separate parameters (`<site>_adapter/<domain>/...` and
-`layer_hook/<domain>/...`), so `add_domain` appends a new domain without
-touching any existing parameter. Domain ids index `domains` in order.
+Layout: the domains are one expert axis. Each site holds A [D, *in, r] and
+B [D, r, *out] (`<site>_adapter/experts/lora_{a,b}`), each layer's classifier
+[d_model, D] and a bias [D] (`layer_hook/domain_kernel`, `domain_bias`); domain
+ids index `domains` in order. Routing is one-hot, so each example gathers
+its domain's pair: one LoRA's arithmetic per site whatever D, and a few
+parameter tensors per site for the optimizer (one per domain and site compiled
+5x slower on t5_1_1_small). `add_domain` concatenates a new slice along the
+domain axis and leaves the existing ones unchanged.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import traverse_util
 
 from moe_jax.peft import sites
@@ -31,22 +39,18 @@ from moe_jax.peft.prompt_cache import decide_once
 
 MODES = ("given", "per_layer", "majority", "last")
 ROUTER_REGEX = r".*layer_hook/.*"
+# Parameters with a leading domain axis: the sites' LoRAs and the classifiers' biases;
+# the classifier kernel has it last.
+STACKED = ("lora_a", "lora_b", "domain_bias")
+ROUTER_KERNEL = "domain_kernel"
 
 
-def domain_regex(domain: str) -> str:
-  """Trainable regex for one domain's LoRA."""
-  return rf".*_adapter/{domain}/.*"
-
-
-class DomainScore(nn.Module):
-  """One domain's column of the layer's classifier."""
-
-  @nn.compact
-  def __call__(self, pooled):
-    w = self.param("w", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
-                   pooled.shape[-1:], jnp.float32)
-    b = self.param("b", nn.initializers.zeros, (), jnp.float32)
-    return pooled @ w + b
+def _domain_axis(path) -> int | None:
+  if path[-1] == ROUTER_KERNEL:
+    return -1
+  if path[-1] in STACKED and any(p.endswith("_adapter") or p == "layer_hook" for p in path):
+    return 0
+  return None
 
 
 class DomainRouter(nn.Module):
@@ -67,30 +71,33 @@ class DomainRouter(nn.Module):
     return decide_once(self, ctx, lambda: self.route(hidden, mask, ctx), (hidden.shape[0], n))
 
   def route(self, hidden, mask, ctx):
+    n = len(self.domains)
     m = mask.astype(jnp.float32)[..., None]
     pooled = jnp.sum(hidden.astype(jnp.float32) * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
     # Parameter-free RMS normalisation: residual streams grow with depth, and a
     # classifier on raw magnitudes saturates (and stops learning) in deep layers.
     pooled = pooled * jax.lax.rsqrt(jnp.mean(jnp.square(pooled), -1, keepdims=True) + 1e-6)
-    logits = jnp.stack([DomainScore(name=d)(pooled) for d in self.domains], axis=-1)
+    w = self.param(ROUTER_KERNEL, nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "expert")),
+                   (pooled.shape[-1], n), jnp.float32)
+    b = self.param("domain_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("expert",)), (n,),
+                   jnp.float32)
+    logits = pooled @ w + b
     self.sow(sites.ROUTER_STATS_COLLECTION, "domain_logits", logits)
     given = ctx.features.get("domain_id")
     if self.router_loss_weight > 0 and given is not None:
       xent = -jnp.take_along_axis(jax.nn.log_softmax(logits), given[:, None], -1)[:, 0]
       self.sow(sites.AUX_LOSS_COLLECTION, "domain_router_xent", self.router_loss_weight * jnp.mean(xent))
     if self.mode == "per_layer":
-      return jax.nn.one_hot(jnp.argmax(logits, -1), len(self.domains))
+      return jax.nn.one_hot(jnp.argmax(logits, -1), n)
     if given is None:
       raise KeyError(f"MoA mode={self.mode!r} needs a 'domain_id' batch feature "
                      "(majority/last: use moa.route_by_vote first)")
-    return jax.nn.one_hot(given, len(self.domains))
+    return jax.nn.one_hot(given, n)
 
 
 class MoASite(nn.Module):
-  """The domains' LoRAs as one expert tensor: per-domain parameters (so a
-  domain can be added or trained alone) stacked at apply time into A [D, in, r]
-  and B [D, r, out]. The routing weights are one-hot, so each example gathers
-  its domain's pair and runs one LoRA: the cost of a single LoRA, whatever D."""
+  """Every domain's LoRA as one expert tensor; each example gathers the pair
+  of its (one-hot) domain and runs that single LoRA."""
   info: sites.SiteInfo
   domains: tuple[str, ...]
   rank: int
@@ -100,17 +107,15 @@ class MoASite(nn.Module):
 
   @nn.compact
   def __call__(self, x, y, ctx):
-    pairs = [LowRankExperts(self.info, 1, self.rank, self.a_init, name=d) for d in self.domains]
-    a = jnp.concatenate([p.lora_a for p in pairs], 0)  # [D, *in, r]
-    b = jnp.concatenate([p.lora_b for p in pairs], 0)  # [D, r, *out]
-    domain = jnp.argmax(ctx.layer_state, axis=-1)  # [B]; layer_state is one-hot [B, D]
+    experts = LowRankExperts(self.info, len(self.domains), self.rank, self.a_init, name="experts")
+    domain = jnp.argmax(ctx.layer_state, axis=-1)  # [B]: layer_state is one-hot [B, D]
     n_in = len(self.info.in_shape)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=ctx.deterministic)
-    flat = x.reshape(x.shape[:1] + (-1,) + (int(np.prod(self.info.in_shape)),))  # [B, T, f]
-    a_x = jnp.asarray(a, x.dtype).reshape(a.shape[0], -1, self.rank)[domain]  # [B, f, r]
-    b_x = jnp.asarray(b, x.dtype).reshape(b.shape[0], self.rank, -1)[domain]  # [B, r, o]
-    h = jnp.einsum("btf,bfr->btr", flat, a_x)
-    delta = jnp.einsum("btr,bro->bto", h, b_x).reshape(x.shape[:-n_in] + self.info.out_shape)
+    flat = x.reshape(x.shape[:1] + (-1, int(np.prod(self.info.in_shape))))  # [B, T, f]
+    a = jnp.asarray(experts.lora_a, x.dtype).reshape(len(self.domains), -1, self.rank)[domain]  # [B, f, r]
+    b = jnp.asarray(experts.lora_b, x.dtype).reshape(len(self.domains), self.rank, -1)[domain]  # [B, r, o]
+    delta = jnp.einsum("btr,bro->bto", jnp.einsum("btf,bfr->btr", flat, a), b)
+    delta = delta.reshape(x.shape[:-n_in] + self.info.out_shape)
     return y + (self.alpha / self.rank) * delta.astype(y.dtype)
 
 
@@ -141,24 +146,61 @@ class MoA(sites.Adapters):
       return None
     return MoASite(info, self.domains, self.rank, self.alpha, self.a_init, self.dropout_rate, name=name)
 
-  def add_domain(self, params, new_domain_params, name: str):
-    """(MoA with `name` appended, params with the new domain's subtrees added).
+  def add_domain(self, params, new_domain_params, name: str, index: int = -1):
+    """(MoA with `name` appended, params with its slice concatenated).
 
-    `new_domain_params` is any params tree containing `name`'s subtrees (e.g.
-    from `init` of the extended MoA, or a separately trained one-domain MoA).
-    Existing entries are copied unchanged.
+    `new_domain_params` is a params tree of an MoA holding the new domain at
+    position `index` of its domains (default: the last, as in `init` of the
+    extended MoA or a one-domain MoA trained alone). Every stacked tensor gets
+    that slice appended along its domain axis; existing slices and all other
+    parameters are copied unchanged.
     """
     if name in self.domains:
       raise ValueError(f"domain {name!r} already present in {self.domains}")
     flat = traverse_util.flatten_dict(params)
-    new = {k: v for k, v in traverse_util.flatten_dict(new_domain_params).items() if name in k}
-    if not new:
-      raise KeyError(f"no parameters of domain {name!r} in new_domain_params")
-    clash = sorted("/".join(k) for k in set(new) & set(flat))
-    if clash:
-      raise ValueError(f"domain {name!r} would overwrite {clash[:3]}")
+    source = traverse_util.flatten_dict(new_domain_params)
+    out, added = {}, 0
+    for k, v in flat.items():
+      axis = _domain_axis(k)
+      if axis is None:
+        out[k] = v
+        continue
+      if k not in source:
+        raise KeyError(f"new_domain_params has no {'/'.join(k)} (domain {name!r})")
+      src = jnp.asarray(source[k])
+      if src.ndim != v.ndim or np.delete(src.shape, axis % v.ndim).tolist() != np.delete(v.shape, axis % v.ndim).tolist():
+        raise ValueError(f"{'/'.join(k)}: new_domain_params has shape {src.shape}, params {v.shape}")
+      piece = jax.lax.index_in_dim(src, index, axis % src.ndim, keepdims=True)
+      out[k] = jnp.concatenate([v, piece.astype(v.dtype)], axis=axis)
+      added += 1
+    if not added:
+      raise KeyError("params hold no MoA parameters (no stacked lora_a/lora_b/domain_* tensors)")
     extended = dataclasses.replace(self, domains=self.domains + (name,))
-    return extended, traverse_util.unflatten_dict({**flat, **new})
+    return extended, traverse_util.unflatten_dict(out)
+
+
+def domain_optimizer(tx: optax.GradientTransformation, params, name_or_index, domains=None):
+  """`tx` restricted to one domain's LoRA (stage 1 in place): the LoRAs'
+  stacked tensors are the only trainable leaves, and every other domain's
+  slice gets exactly zero update (what a regex over a per-domain subtree did).
+  `name_or_index`: a domain id, or a name looked up in `domains`."""
+  from moe_jax.peft.trainable import frozen_base_optimizer
+  d = name_or_index if isinstance(name_or_index, int) else list(domains).index(name_or_index)
+  flat = traverse_util.flatten_dict(params)
+  lora = {k: _domain_axis(k) == 0 and k[-1] in ("lora_a", "lora_b") for k in flat}
+  if not any(lora.values()):
+    raise ValueError("params hold no MoA LoRA tensors")
+  keep = {k: (jnp.arange(v.shape[0]) == d).reshape((-1,) + (1,) * (v.ndim - 1)).astype(v.dtype)
+          for k, v in flat.items() if lora[k]}
+
+  def zero_others(updates, state, params=None):
+    del params
+    fu = traverse_util.flatten_dict(updates)
+    return traverse_util.unflatten_dict({k: u * keep[k] if k in keep else u for k, u in fu.items()}), state
+
+  only_slice = optax.GradientTransformation(lambda p: optax.EmptyState(), zero_others)
+  mask = traverse_util.unflatten_dict(lora)
+  return frozen_base_optimizer(optax.chain(tx, only_slice), mask)
 
 
 def route_by_vote(model, params, batch, rule: str = "majority"):

@@ -4,6 +4,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 import pytest
 
 from moe_jax.models import build_model
@@ -136,10 +137,14 @@ def test_moa_given_domain_equals_that_domains_lora_alone():
   lora = build_model(common.T5_TINY, LoRA(rank=2, alpha=16.0, targets=("q", "v", "wi_0", "wo")))
   b = common.batch("t5")
   got = np.asarray(model.compute_logits(params, b))
-  for d, name in enumerate(moa.domains):
-    def keep(k, name=name):
-      if "layer_hook" in k or any(p in ("a", "b", "c") and p != name for p in k):
-        return None
-      return tuple("pair" if p == name else p for p in k)
-    alone = np.asarray(lora.compute_logits(common.rename(params, keep), b))
-    np.testing.assert_allclose(got[d], alone[d], atol=1e-5)
+  flat = common.flat(params)
+  for d in range(len(moa.domains)):
+    # Domain d's slice of every stacked tensor is a plain LoRA's pair.
+    alone = {tuple("pair" if p == "experts" else p for p in k): (v[d:d + 1] if "experts" in k else v)
+             for k, v in flat.items() if "layer_hook" not in k}
+    out = np.asarray(lora.compute_logits(traverse_util.unflatten_dict(alone), b))
+    np.testing.assert_allclose(got[d], out[d], atol=1e-5)
+    other = (d + 1) % 3  # example `other` is routed to its own domain, not d
+    assert not np.allclose(got[other], out[other], atol=1e-3)
+
+

@@ -4,10 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 
 from moe_jax.peft import MiLoRA, MoA
 from moe_jax.peft import moa as moa_lib
-from moe_jax.peft.trainable import frozen_base_optimizer, trainable_mask
+from moe_jax.peft.trainable import frozen_base_optimizer, is_adapter_path, trainable_mask
 from tests.peft import common
 
 
@@ -56,17 +57,50 @@ def test_moa_add_domain_changes_no_existing_parameter():
   model, params = common.make("t5", old)
   params = common.perturb_adapters(params, seed=12)
   ext_model, fresh = common.make("t5", MoA(domains=("a", "b", "c"), rank=2, targets=("q", "v", "wo")), seed=5)
+  fresh = common.perturb_adapters(fresh, seed=14)
   extended, new_params = old.add_domain(params, fresh, "c")
   assert extended.domains == ("a", "b", "c")
-  new_flat = common.flat(new_params)
+  new_flat, fresh_flat = common.flat(new_params), common.flat(fresh)
+  assert set(new_flat) == set(common.flat(params))
+  grown = 0
   for k, v in common.flat(params).items():
-    np.testing.assert_array_equal(new_flat[k], v)
-  added = set(new_flat) - set(common.flat(params))
-  assert added and all("c" in k for k in added)
+    if new_flat[k].shape == v.shape:  # backbone: unchanged
+      np.testing.assert_array_equal(new_flat[k], v)
+      continue
+    # stacked along the domain axis: existing slices unchanged, then c's slice from `fresh`
+    axis = -1 if k[-1] == "domain_kernel" else 0
+    np.testing.assert_array_equal(np.take(new_flat[k], [0, 1], axis), v)
+    np.testing.assert_array_equal(np.take(new_flat[k], [2], axis), np.take(fresh_flat[k], [2], axis))
+    grown += 1
+  cfg = common.T5_TINY  # per layer: lora a/b at q, v, wo (+ cross q, v), the classifier's kernel and bias
+  assert grown == cfg.num_encoder_layers * (3 * 2 + 2) + cfg.num_decoder_layers * (5 * 2 + 2)
   b = dict(common.batch("t5"), domain_id=jnp.array([0, 1, 1]))
   np.testing.assert_array_equal(ext_model.compute_logits(new_params, b), model.compute_logits(params, b))
+  c = dict(b, domain_id=jnp.array([2, 2, 2]))
+  # domain c runs fresh's LoRAs over the old backbone
+  mixed = {k: (fresh_flat[k] if is_adapter_path(k) else v) for k, v in common.flat(params).items()}
+  np.testing.assert_allclose(ext_model.compute_logits(new_params, c),
+                             ext_model.compute_logits(traverse_util.unflatten_dict(mixed), c), atol=1e-5)
   with pytest.raises(ValueError, match="already present"):
     extended.add_domain(new_params, fresh, "a")
+
+
+def test_moa_domain_optimizer_moves_only_that_domains_slice():
+  moa = MoA(domains=("a", "b", "c"), rank=2, targets=("q", "v"))
+  model, params = common.make("t5", moa)
+  params = common.perturb_adapters(params, seed=15)
+  tx = moa_lib.domain_optimizer(optax.sgd(0.1), params, "b", moa.domains)
+  grads = jax.grad(lambda p: model.loss_fn(p, common.batch("t5"), None)[0])(params)  # every domain has data
+  new = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+  moved = 0
+  for k, v in common.flat(params).items():
+    after, v = np.asarray(common.flat(new)[k]), np.asarray(v)
+    if k[-1] in ("lora_a", "lora_b"):
+      np.testing.assert_array_equal(after[[0, 2]], v[[0, 2]])
+      moved += not np.array_equal(after[1], v[1])
+    else:
+      np.testing.assert_array_equal(after, v)  # routers and backbone frozen
+  assert moved == len([k for k in common.flat(params) if k[-1] in ("lora_a", "lora_b")])
 
 
 def test_moa_routers_learn_domains_with_frozen_loras_and_vote():
