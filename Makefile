@@ -39,8 +39,12 @@ test: $(TEST_STAMP)
 test-all: $(TEST_STAMP)
 	$(PY) -m pytest -q tests
 
+# One core, XLA's single-threaded CPU runtime, one torch thread: steady ratios.
+BENCH_CPU ?= 0
 bench: $(RUNTIME_STAMP)
-	$(PY) -m bench.train_step
+	BENCH_THREADS="1 thread pinned (taskset -c $(BENCH_CPU))" \
+	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+	taskset -c $(BENCH_CPU) $(PY) -m bench.run --out_dir=bench_results $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

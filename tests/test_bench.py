@@ -1,17 +1,36 @@
-"""The train-step benchmark runs and reports what it claims (timings are not asserted)."""
+"""The benchmark runs and reports what it claims (timings are not asserted)."""
+import importlib.util
 import json
 
-from bench import train_step
+from bench import run, train_step
 
 
-def test_benchmark_reports_every_method_side_by_side(tmp_path):
+def test_train_step_benchmark_reports_every_method_side_by_side(tmp_path):
   out = tmp_path / "bench.json"
-  report = train_step.main(["--preset=t5_1_1_tiny", "--layers=1", "--steps=1", "--lengths=8,4",
+  report = train_step.main(["--preset=t5_1_1_tiny", "--layers=1", "--rounds=1", "--lengths=8,4",
                             "--batch_size=2", "--methods=ia3,mov_10,full", f"--out={out}"])
   assert json.load(open(out)) == json.loads(json.dumps(report))
   r = report["results"]
-  assert list(r) == ["ia3", "mov_10", "full"] and r["ia3"]["step_time_vs_ia3"] == 1.0
-  assert all(v["step_ms"] > 0 and v["tokens_per_sec"] > 0 for v in r.values())
+  assert list(r) == ["ia3", "mov_10", "full"] and r["ia3"]["step_vs_ia3"] == 1.0
+  assert all(v["step_ms"] > 0 and v["tokens_per_sec"] > 0 and v["flops"] > 0 for v in r.values())
   # MoV-10 trains 10x IA3's vectors plus routers; full fine-tuning trains everything.
   assert r["mov_10"]["trainable_params"] > 10 * r["ia3"]["trainable_params"]
   assert r["full"]["trainable_params"] == r["full"]["total_params"]
+  # full fine-tuning computes weight gradients: more FLOPs than IA3
+  assert r["full"]["flops_vs_ia3"] > 1.0
+
+
+def test_make_bench_writes_json_and_markdown_with_decoding_and_the_torch_step(tmp_path):
+  report = run.main(["--preset=t5_1_1_tiny", "--layers=1", "--rounds=1", "--lengths=8,4", "--batch_size=2",
+                     "--methods=ia3,lora_r4", "--decode=2,6,3", "--decode_variants=base,moelora_merged",
+                     f"--out_dir={tmp_path}"])
+  assert json.load(open(tmp_path / "bench.json")) == json.loads(json.dumps(report))
+  md = (tmp_path / "bench.md").read_text()
+  train, dec = report["train"], report["decode"]
+  assert train["lora_r4"]["step_vs_ia3"] > 0 and train["lora_r4"]["step_vs_lora_r4"] == 1.0
+  assert 0 < train["ia3"]["percent_of_matmul_peak"] and report["matmul_peak_gflops"] > 0
+  assert dec["base"]["speed_vs_base"] == 1.0 and dec["moelora_merged"]["tokens_per_sec"] > 0
+  has_torch = all(importlib.util.find_spec(m) for m in ("torch", "transformers", "peft"))
+  assert (run.TORCH in train) == bool(has_torch)
+  for name in list(train) + list(dec):
+    assert f"| {name} |" in md
