@@ -33,26 +33,14 @@ class MoVSite(nn.Module):
     # k/v: y [B, T, H, D] -> probs [B, T, H, E]; FFN: y [B, T, F] -> [B, T, E]
     router_input = x if self.info.kind == sites.FFN_HIDDEN else y
     probs = Router(self.router, name="router")(router_input, ctx, sites.site_sequence(self.info, ctx))
+    spec = "bthe,ehd->bthd" if len(self.info.out_shape) == 2 else "bte,ef->btf"
     if self.router.top_k is None or self.router.renormalize:
       # Probabilities sum to one, so sum_e p_e l_e = 1 + sum_e p_e (l_e - 1);
       # this form makes the untrained model (all l_e = 1) the backbone exactly.
-      merged = 1.0 + _mix(probs, vectors - 1.0)
+      merged = 1.0 + jnp.einsum(spec, probs, vectors - 1.0)
     else:
-      merged = _mix(probs, vectors)
+      merged = jnp.einsum(spec, probs, vectors)
     return y * merged.astype(y.dtype)
-
-
-def _mix(probs, vectors):
-  """sum_e p_e v_e: probs [..., E] with vectors [E, F], or per head [..., H, E]
-  with [E, H, D]. Per head, the vectors form one block-diagonal [H*E, H*D]
-  matrix, so the mixture is a single plain matmul in the activations' own
-  layout (a contraction batched over heads makes XLA transpose tensors of the
-  activations' size on the way in and out, forward and backward)."""
-  if vectors.ndim == 2:
-    return probs @ vectors
-  e, h, d = vectors.shape
-  blocks = jnp.einsum("ehd,hk->hekd", vectors, jnp.eye(h, dtype=vectors.dtype)).reshape(h * e, h * d)
-  return (probs.reshape(probs.shape[:-2] + (h * e,)) @ blocks).reshape(probs.shape[:-1] + (d,))
 
 
 @dataclasses.dataclass(frozen=True)
