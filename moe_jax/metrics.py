@@ -13,7 +13,8 @@ import numpy as np
 
 def mean_router_entropy(router_stats) -> jax.Array:
   """Mean over routers and examples of H(p) of the sown expert probabilities."""
-  leaves = [x for x in jax.tree_util.tree_leaves(router_stats) if x.ndim == 2]
+  from moe_jax.models import layer_layout  # scanned stacks: one router per layer
+  leaves = [x for x in jax.tree_util.tree_leaves(layer_layout.unstack_layers(router_stats)) if x.ndim == 2]
   if not leaves:
     return jnp.zeros((), jnp.float32)
   ent = [jnp.mean(-jnp.sum(p * jnp.log(jnp.maximum(p, 1e-9)), -1)) for p in leaves]

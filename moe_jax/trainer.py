@@ -263,5 +263,7 @@ def _load_initial(model, params, path):
   else:
     state = checkpoints.load_state(path)
     source, step = checkpoints.params_of(state), int(state["step"])
+  from moe_jax.models import layer_layout
+  source = layer_layout.match_layout(source, params)  # e.g. an unrolled HF/T5X backbone, scanned model
   params, fresh = checkpoints.partial_restore(params, source, path)
   return params, fresh, step

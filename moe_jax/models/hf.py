@@ -23,7 +23,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from moe_jax.models import safetensors_io
+from moe_jax.models import layer_layout, safetensors_io
 from moe_jax.models.api import BaseModel, build_model
 from moe_jax.models.configs import DecoderConfig, ModelConfig, T5Config
 from moe_jax.peft import sites
@@ -314,10 +314,12 @@ def _read_all_tensors(path: str) -> dict[str, tuple[np.ndarray, str]]:
 
 
 def load_hf_checkpoint(path: str, dtype: Any = "float32", *, activation_dtype: Any = None,
-                       adapters: sites.Adapters = sites.NO_ADAPTERS, **model_kwargs):
+                       adapters: sites.Adapters = sites.NO_ADAPTERS, scan_layers: bool = False,
+                       **model_kwargs):
   """Loads a local HF checkpoint directory; returns (model, params).
 
   `dtype` is the parameter dtype; activations default to the same dtype.
+  `scan_layers` builds the scanned model and stacks the layers' weights.
   `adapters` builds the model with a PEFT method attached (its parameters are
   not in the checkpoint: initialise them separately).
   """
@@ -360,6 +362,9 @@ def load_hf_checkpoint(path: str, dtype: Any = "float32", *, activation_dtype: A
                             f"config.json implies {t.hf_shape}")
     flat[t.path] = jnp.asarray(t.to_ours(np.asarray(arr, np.float32)), dtype)
   params = traverse_util.unflatten_dict(flat)
+  if scan_layers:
+    config = dataclasses.replace(config, scan_layers=True)
+    params = layer_layout.stack_layers(params)
   model = build_model(config, adapters, **model_kwargs)
   _check_against_model(model, params, path)
   return model, params
@@ -408,7 +413,7 @@ def save_hf_checkpoint(model: BaseModel, params, path: str, *, overwrite: bool =
   """
   config = model.config
   table, _ = tensor_table(config)
-  flat = {k: v for k, v in traverse_util.flatten_dict(params).items()}
+  flat = {k: v for k, v in traverse_util.flatten_dict(layer_layout.unstack_layers(params)).items()}
   expected = {t.path for t in table}
   extra = sorted("/".join(k) for k in set(flat) - expected)
   if extra:
