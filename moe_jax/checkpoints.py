@@ -84,8 +84,23 @@ def partial_restore(target: dict, source: dict, where: str) -> tuple[dict, list[
   t, s = traverse_util.flatten_dict(target), traverse_util.flatten_dict(source)
   check_compatible(target, source, where)
   fresh = sorted("/".join(k) for k in set(t) - set(s))
-  merged = {k: (jax.numpy.asarray(s[k], t[k].dtype) if k in s else t[k]) for k in t}
+  merged = {k: (place_like(s[k], t[k]) if k in s else t[k]) for k in t}
   return traverse_util.unflatten_dict(merged), fresh
+
+
+def place_like(value, like):
+  """`value` (host array, or anything sliceable with a .shape) as an array with
+  `like`'s dtype and, when `like` is sharded, its sharding: each device reads
+  only its own slice, so no device holds the whole tensor."""
+  dtype = like.dtype
+  sharding = getattr(like, "sharding", None)
+  if sharding is None or isinstance(value, jax.Array):
+    return jax.numpy.asarray(value, dtype) if sharding is None else jax.device_put(
+        jax.numpy.asarray(value, dtype), sharding)
+  placed = jax.make_array_from_callback(tuple(like.shape), sharding,
+                                        lambda idx: np.asarray(value[idx]).astype(dtype))
+  getattr(value, "release", lambda: None)()
+  return placed
 
 
 def check_compatible(target: dict, source: dict, where: str) -> None:

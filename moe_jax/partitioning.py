@@ -33,6 +33,19 @@ DEFAULT_RULES = (
 )
 
 
+# FSDP-style: large weights are also split over `data` along `embed`, so each
+# device holds 1/(data x model) of every matrix; XLA all-gathers a layer's
+# weights where they are used. For backbones that do not fit model-parallel alone.
+FSDP_RULES = tuple(("embed", "data") if k == "embed" else (k, v) for k, v in DEFAULT_RULES)
+RULE_SETS = {"default": DEFAULT_RULES, "fsdp": FSDP_RULES}
+
+
+def rules(name: str):
+  if name not in RULE_SETS:
+    raise ValueError(f"partitioning rules {name!r}; expected one of {sorted(RULE_SETS)}")
+  return RULE_SETS[name]
+
+
 def make_mesh(data: int = -1, model: int = 1, expert: int = 1, devices: Optional[Sequence] = None) -> Mesh:
   """A (data, model[, expert]) mesh; data=-1 takes the remaining devices."""
   devices = list(devices if devices is not None else jax.devices())

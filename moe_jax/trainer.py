@@ -134,7 +134,8 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
           initial_checkpoint_path: Optional[str] = None, checkpoint_period: int = 1000,
           keep_checkpoints: int = 3, log_period: int = 10, eval_period: Optional[int] = None,
           grad_accum_steps: int = 1, mesh_shape: tuple = (-1, 1), seed: int = 0, shuffle_seed: int = 0,
-          adafactor_step_offset: Optional[int] = None, evaluator=None) -> dict:
+          adafactor_step_offset: Optional[int] = None, partitioning_rules: str = "default",
+          evaluator=None) -> dict:
   """Trains (or resumes) a run in `model_dir`; returns the last logged metrics.
 
   `adafactor_step_offset`: the optimizer step this run continues (T5X
@@ -143,12 +144,16 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   """
   from moe_jax.data import converters, ids, registry  # TF-heavy: imported when training
   os.makedirs(model_dir, exist_ok=True)
-  partitioner = partitioning.Partitioner(partitioning.make_mesh(*mesh_shape))
+  partitioner = partitioning.Partitioner(partitioning.make_mesh(*mesh_shape),
+                                         partitioning.rules(partitioning_rules))
   source = registry.get_task_or_mixture(mixture_or_task_name)
 
   # Parameters: fresh init, then the initial checkpoint (backbone), then resume.
   init_batch = model._dummy_batch()
-  params = model.init(jax.random.key(seed), init_batch)
+  axes = model.param_logical_axes(init_batch)
+  with partitioner.context():  # each device creates only its own shards
+    params = jax.jit(lambda r: model.init(r, init_batch),
+                     out_shardings=partitioner.param_shardings(axes))(jax.random.key(seed))
   initial_step = None  # the step the initial checkpoint records (T5X: pre-training steps)
   if initial_checkpoint_path:
     params, fresh, initial_step = _load_initial(model, params, initial_checkpoint_path)
@@ -156,7 +161,6 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
           f"{len(fresh)} parameters start fresh")
   mask = trainable_mask(params, trainable_regex)
   trainable, frozen = split_params(params, mask)
-  axes = model.param_logical_axes(init_batch)
   trainable_axes, frozen_axes = _subtree(axes, trainable), _subtree(axes, frozen)
   step_offset = adafactor_step_offset if adafactor_step_offset is not None else (initial_step or 0)
   print(f"Adafactor step offset {step_offset}: the first update's second-moment decay is "
@@ -255,7 +259,7 @@ def _load_initial(model, params, path):
   from moe_jax.models import hf, t5x
   step = None
   if os.path.exists(os.path.join(path, "config.json")):
-    _, source = hf.load_hf_checkpoint(path, dtype=model.config.param_dtype)
+    source = hf.read_hf_params(path)  # read tensor by tensor, straight into the shards
   elif t5x.is_t5x_checkpoint(path):
     ckpt = t5x.T5XCheckpoint(path)
     _, source = t5x.load_t5x_checkpoint(ckpt, config=model.config, dtype=model.config.param_dtype)
