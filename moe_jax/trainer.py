@@ -195,6 +195,11 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   extra = {}
   if not pack and hasattr(source, "tasks"):  # a seqio Mixture keeps only inputs/targets unless told
     extra["passthrough_features"] = converters.CONTEXT_FEATURES
+  # Per-host input: each host reads only the rows of the global batch its devices hold.
+  first_row, host_rows = partitioner.host_batch_rows(batch_size)
+  if host_rows != batch_size:
+    import seqio
+    extra["shard_info"] = seqio.ShardInfo(index=first_row // host_rows, num_shards=batch_size // host_rows)
   ds = source.get_dataset(sequence_length=task_feature_lengths, split="train", shuffle=True,
                           seed=shuffle_seed, num_epochs=None, use_cached=False, **extra)
   if model.config.family == "decoder":
@@ -202,8 +207,8 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   else:
     ds = converters.encdec(ds, task_feature_lengths, pack=pack,
                            passthrough=() if pack else converters.CONTEXT_FEATURES)
-  ds = ds.skip(batches_seen * batch_size)  # same data order as the uninterrupted run
-  batch_iter = converters.batches(ds, batch_size, drop_remainder=True)
+  ds = ds.skip(batches_seen * host_rows)  # same data order as the uninterrupted run
+  batch_iter = converters.batches(ds, host_rows, drop_remainder=True)
 
   routing_table = None
   if routing_embeddings.needed(model.adapters):
@@ -221,7 +226,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
       batch = routing_embeddings.attach(batch, routing_table)
     task_ids = batch.get("task_id")
     with partitioner.context():
-      trainable, opt_state, m = step_fn(trainable, frozen, opt_state, partitioner.shard_batch(batch),
+      trainable, opt_state, m = step_fn(trainable, frozen, opt_state, partitioner.shard_batch(batch, batch_size),
                                         jax.random.fold_in(rng, step))
     step += 1
     _check_finite(m, step, ckpts.latest_step())
