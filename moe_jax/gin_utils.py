@@ -107,7 +107,9 @@ def exit_process(code: int) -> None:
 
 def one_line(message) -> str:
   """A message as one line (gin's errors quote the offending binding on more)."""
-  return " | ".join(l.strip() for l in str(message).splitlines() if l.strip())
+  lines = [l.strip() for l in str(message).splitlines() if l.strip()]
+  # gin appends where the error was raised ("In call to configurable 'train' (<function ...>)").
+  return " | ".join(l for l in lines if not l.startswith("In call to configurable"))
 
 
 def error_message(e: BaseException) -> str:

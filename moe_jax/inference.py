@@ -20,7 +20,7 @@ def load_rows(inputs: str, split: str, max_examples: int) -> list[dict]:
   if os.path.exists(inputs):
     from moe_jax.data import jsonl
     rows = []
-    for line_no, row in jsonl.numbered_rows(inputs, required=("inputs",)):
+    for line_no, row in jsonl.numbered_rows(inputs, required=("inputs",), same_fields=False):
       if len(rows) == max_examples:
         break
       if not isinstance(row["inputs"], str):

@@ -28,17 +28,20 @@ def _kind(v) -> str:
   return {str: "a string", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
 
 
-def numbered_rows(path: str, required: Sequence[str] = ()) -> Iterator[tuple[int, dict]]:
+def numbered_rows(path: str, required: Sequence[str] = (), same_fields: bool = True) -> Iterator[tuple[int, dict]]:
   """Yields (line number, row) per non-blank line. Raises DataError naming
   `file:line` (and the field) for a line that is not UTF-8 or not a JSON
-  object, a missing required field, or a field whose JSON type differs from
-  the one it has on earlier lines (the HF schema gives each field one type;
-  null is allowed anywhere); an empty file is an error too."""
+  object, a missing required field, a field whose JSON type differs from the
+  one it has on earlier lines (the HF schema gives each field one type; null
+  is allowed anywhere) and, with `same_fields`, a row whose fields differ from
+  the first row's (every HF row has every column); an empty file is an error
+  too."""
   if not os.path.exists(path):
     raise DataError(f"{path}: file not found (data dir: {paths.data_dir()}; set MOE_JAX_DATA_DIR)")
   if os.path.isdir(path):
     raise DataError(f"{path}: is a directory, not a JSONL file")
   schema: dict[str, tuple[str, int]] = {}
+  first_fields = None
   rows = 0
   with open(path, "rb") as f:
     for line_no, raw in enumerate(f, 1):
@@ -57,6 +60,14 @@ def numbered_rows(path: str, required: Sequence[str] = ()) -> Iterator[tuple[int
       for field in required:
         if field not in row:
           raise DataError(f"{path}:{line_no}: missing field {field!r} (has {sorted(row)})")
+      if same_fields:
+        if first_fields is None:
+          first_fields = (set(row), line_no)
+        elif set(row) != first_fields[0]:
+          missing, extra = sorted(first_fields[0] - set(row)), sorted(set(row) - first_fields[0])
+          raise DataError(f"{path}:{line_no}: " + (f"missing field {missing[0]!r}" if missing else
+                                                   f"unexpected field {extra[0]!r}")
+                          + f" (line {first_fields[1]} has {sorted(first_fields[0])})")
       for field, value in row.items():
         if value is None:
           continue
