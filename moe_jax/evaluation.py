@@ -67,8 +67,11 @@ class ZeroShotEvaluator:
                        f"(known: {', '.join(SUITES)})")
     if datasets is not None:
       import tasks
-      known = [d.key for d in tasks.eval_suite(suite)]
-      validation.names_in(s("datasets"), datasets, known, f"{suite} dataset")
+      full = tasks.eval_suite(suite)
+      validation.names_in(s("datasets"), datasets, [d.key for d in full], f"{suite} dataset")
+      if not any(d.present for d in full if d.key in datasets):
+        raise ValueError(f"{s('datasets')}: the data source has none of {list(datasets)} (the report would "
+                         f"average nothing); available: {', '.join(d.key for d in full if d.present)}")
     self.model_dir, self.suite_name, self.lengths = model_dir, suite, dict(feature_lengths)
     self.max_examples, self.batch_size, self.datasets, self.plot = (
         max_examples_per_template, batch_size, datasets, plot)

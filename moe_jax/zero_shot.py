@@ -66,6 +66,9 @@ def _run(args) -> int:
     wanted = args.datasets.split(",")
     validation.names_in("--datasets", wanted, [d.key for d in suite], f"{args.suite} dataset")
     suite = [d for d in suite if d.key in wanted]
+  if not any(d.present for d in suite):
+    raise ValueError(f"the data source has none of the datasets {[d.key for d in suite]} "
+                     "(the report would average nothing; check MOE_JAX_DATA_DIR)")
   if args.hf_dir:
     model, params = load_hf_checkpoint(args.hf_dir)
   else:

@@ -173,6 +173,8 @@ CASES = {
                                  "CHECKPOINT_PATH="),
     "eval: dataset typo": (evaluate(fixed("--gin.EVAL_DATASETS=['super_glue_cbb']")),
                            "unknown t0_eval dataset 'super_glue_cbb'; did you mean super_glue_cb"),
+    "eval: only datasets the source lacks": (evaluate(fixed("--gin.EVAL_DATASETS=['story_cloze_2016']")),
+                                             "the data source has none of ['story_cloze_2016']"),
     "eval: empty dataset list": (evaluate(fixed("--gin.EVAL_DATASETS=[]")), "EVAL_DATASETS is empty"),
     "eval: zero examples per template": (evaluate(fixed("--gin.EVAL_MAX_EXAMPLES_PER_TEMPLATE=0")),
                                          "EVAL_MAX_EXAMPLES_PER_TEMPLATE must be a positive integer or None, got 0"),
@@ -209,6 +211,9 @@ CASES = {
     "zero_shot: hf_dir without a checkpoint": (zero_shot(lambda c: [f"--hf_dir={c.tmp}"]), "missing config.json"),
     "zero_shot: dataset typo": (lambda c: ["zero_shot", [f"--output_dir={c.out}", "--datasets=super_glue_cbb"]],
                                 "did you mean super_glue_cb"),
+    "zero_shot: only datasets the source lacks": (
+        lambda c: ["zero_shot", [f"--output_dir={c.out}", "--datasets=story_cloze_2016"]],
+        "the data source has none of the datasets ['story_cloze_2016']"),
     "zero_shot: zero batch size": (zero_shot(fixed("--batch_size=0")), "--batch_size must be a positive integer"),
     "param_count: unknown model": (param_count("--model=t5_1_1_xxxl"),
                                    "unknown model preset 't5_1_1_xxxl'; close matches: ['t5_1_1_xxl'"),
