@@ -122,28 +122,31 @@ def describe(model: BaseModel) -> dict:
   fields = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_kv_heads", "num_layers",
             "num_encoder_layers", "num_decoder_layers", "mlp_variant")
   backbone = type(c).__name__ + "(" + ", ".join(f"{f}={getattr(c, f)}" for f in fields if hasattr(c, f)) + ")"
-  return {"method": repr(model.adapters), "backbone": backbone}
+  return {"method": type(model.adapters).__name__, "method_config": repr(model.adapters), "backbone": backbone}
 
 
 def _check_same_run(model_dir: str, model: BaseModel) -> str:
-  """Raises if MODEL_DIR's run.json records another method or backbone; returns
-  a note on what it holds for other messages."""
+  """Raises if MODEL_DIR's run.json records another method or backbone (a changed
+  hyperparameter of the same method is left to the checkpoint's shape check);
+  returns a note on what the directory holds for other messages."""
   path = os.path.join(model_dir, RUN_INFO)
   if not os.path.exists(path):
     return ""
   try:
     with open(path) as f:
       saved = json.load(f)
-  except ValueError as e:
-    raise checkpoints.CheckpointError(f"{path}: unreadable ({e})") from None
+  except ValueError as e:  # written atomically, so only a hand edit gets here; it is rewritten
+    print(f"warning: {path}: unreadable ({e}); ignored", file=sys.stderr)
+    return ""
   now = describe(model)
-  holds = f"; it holds {saved.get('method')} over {saved.get('backbone')}"
-  for key in ("method", "backbone"):
+  for key, what in (("method", "method"), ("backbone", "model")):
     if saved.get(key) != now[key]:
+      held = saved.get("method_config") if key == "method" else saved.get(key)
+      mine = now["method_config"] if key == "method" else now[key]
       raise checkpoints.CheckpointError(
-          f"{model_dir} holds a run of another {'method' if key == 'method' else 'model'}: "
-          f"{saved.get(key)}, this configuration is {now[key]}; use a new MODEL_DIR or that run's configuration")
-  return holds
+          f"{model_dir} holds a run of another {what}: {held}; this configuration is {mine}; "
+          "use a new MODEL_DIR or that run's configuration")
+  return f"; the directory holds {saved.get('method_config')} over {saved.get('backbone')}"
 
 
 def _write_json(path: str, obj) -> None:

@@ -194,7 +194,3 @@ def check_macros(flag_bindings) -> None:
     key, near = bad[0]
     raise ValueError(f"--gin.{key}: no configuration uses the macro {key}{near}")
 
-
-def optional_names(name: str, wanted: Optional[list], known, what: str) -> None:
-  if wanted is not None:
-    names_in(name, wanted, known, what)

@@ -157,6 +157,9 @@ CASES = {
                                    "holds a run of another method: MoV(num_experts=10"),
     "resume with another model": (resume(fixed("--gin_file=gin_configs/models/t5_1_1_small.gin")),
                                   "holds a run of another model: T5Config(vocab_size=32128, d_model=64"),
+    "resume with other expert count, no run.json": (
+        resume(lambda c: [os.remove(c.out / "run.json"), "--gin.MoV.num_experts=4"][1:]),
+        "holds a run of another model or method (checkpoint step 4: trainable parameter "),
     # data rows (file:line and field)
     "data line not JSON": (train_data(jsonl_rows(b'{"text": "cut off\n')), "train.jsonl:3: invalid JSON"),
     "data line not UTF-8": (train_data(jsonl_rows(b'{"text": "caf\xe9", "label": 1}\n')),
