@@ -6,7 +6,7 @@
 Each process feeds only its rows of the global batches (its half with mesh
 (2, 1); all rows with mesh (1, 2), where the model axis spans the two
 processes). Prints the losses, the trained parameters and the rows each host
-held, as JSON.
+held, as JSON, to $TWO_PROCESS_OUT.<process id or "single">.
 """
 import json
 import os
@@ -49,9 +49,13 @@ def run(mesh):
 
 
 n = jax.device_count()
-print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(), "devices": n,
-                  "data_parallel": run(partitioning.make_mesh(n, 1)),
-                  "model_parallel": run(partitioning.make_mesh(1, n))}), flush=True)
+result = {"process": jax.process_index(), "processes": jax.process_count(), "devices": n,
+          "data_parallel": run(partitioning.make_mesh(n, 1)),
+          "model_parallel": run(partitioning.make_mesh(1, n))}
+# To a file: ~80 KB on a pipe would block one process while the test drains the other.
+with open(os.environ["TWO_PROCESS_OUT"] + f".{jax.process_index() if sys.argv[1] != 'single' else 'single'}",
+          "w") as f:
+  json.dump(result, f)
 if jax.process_count() > 1:  # leave together: a peer that exits first aborts the other's disconnect
   from jax.experimental import multihost_utils
   multihost_utils.sync_global_devices("done")
