@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Optional, Sequence
 
 import gin
@@ -46,15 +47,20 @@ def _task_ids(checkpoint_path: str) -> dict:
     return json.load(f)["task_ids"]
 
 
-def merged_exports(model, params, task_ids: dict, merge_tasks: Sequence[str], out_dir: str) -> list[str]:
-  """MOELoRA: one HF checkpoint per task with that task's weights merged in."""
-  from moe_jax.models import build_model, save_hf_checkpoint
+def check_merge(model, task_ids: dict, merge_tasks: Sequence[str]) -> None:
+  """MERGE_TASKS needs a MOELoRA model and names tasks of the run."""
   from moe_jax.peft import MOELoRA
   if not isinstance(model.adapters, MOELoRA):
     raise ValueError(f"MERGE_TASKS needs a MOELoRA model; this one uses {type(model.adapters).__name__}")
   unknown = [t for t in merge_tasks if t not in task_ids]
   if unknown:
     raise KeyError(f"MERGE_TASKS {unknown} are not in the run's task ids {sorted(task_ids)}")
+
+
+def merged_exports(model, params, task_ids: dict, merge_tasks: Sequence[str], out_dir: str) -> list[str]:
+  """MOELoRA: one HF checkpoint per task with that task's weights merged in."""
+  from moe_jax.models import build_model, save_hf_checkpoint
+  check_merge(model, task_ids, merge_tasks)
   plain = build_model(model.config)
   return [save_hf_checkpoint(plain, model.adapters.merge_task(params, task_ids[t]),
                              os.path.join(out_dir, "merged", t), overwrite=True) for t in merge_tasks]
@@ -63,17 +69,35 @@ def merged_exports(model, params, task_ids: dict, merge_tasks: Sequence[str], ou
 @gin.configurable
 def export(checkpoint_path: str = gin.REQUIRED, export_dir: str = gin.REQUIRED,
            merge_tasks: Sequence[str] = ()) -> list[str]:
-  from moe_jax import checkpoints
+  """Everything is checked (configuration, checkpoint, MERGE_TASKS) before the
+  first file is written; an export directory this call created is removed if
+  writing fails."""
+  from moe_jax import checkpoints, validation
+  s = lambda p: validation.setting("export", p)  # noqa: E731
+  validation.existing_path(s("checkpoint_path"), checkpoint_path)
+  validation.output_dir(s("export_dir"), export_dir)
+  if isinstance(merge_tasks, str) or not isinstance(merge_tasks, (list, tuple)):
+    raise ValueError(f"{s('merge_tasks')} must be a list of task keys, got {merge_tasks!r}")
   model = gin_utils.model()
+  task_ids = None
+  if merge_tasks:
+    task_ids = _task_ids(checkpoint_path)
+    check_merge(model, task_ids, merge_tasks)
   state = checkpoints.load_state(checkpoint_path)
   params = checkpoints.params_of(state)  # one restore serves both outputs
   # A checkpoint of another model or method would export silently wrong weights.
   import flax.linen as nn
   checkpoints.check_compatible(nn.unbox(model.abstract_variables()["params"]), params, checkpoint_path)
-  written = [save_adapters(state["trainable"], os.path.join(export_dir, ADAPTERS_FILE),
-                           {"step": str(int(state["step"]))})]
-  if merge_tasks:
-    written += merged_exports(model, params, _task_ids(checkpoint_path), merge_tasks, export_dir)
+  created = not os.path.exists(export_dir)
+  try:
+    written = [save_adapters(state["trainable"], os.path.join(export_dir, ADAPTERS_FILE),
+                             {"step": str(int(state["step"]))})]
+    if merge_tasks:
+      written += merged_exports(model, params, task_ids, merge_tasks, export_dir)
+  except BaseException:
+    if created:
+      shutil.rmtree(export_dir, ignore_errors=True)
+    raise
   for w in written:
     print(f"wrote {w}")
   return written

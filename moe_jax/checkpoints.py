@@ -5,11 +5,21 @@ the step and how many batches the data pipeline has produced (so a resumed
 run sees the same data order). Orbax writes into a temporary directory and
 renames it when complete, so a run killed mid-save leaves the previous
 checkpoint as the latest loadable one.
+
+Resuming (`find_resumable`) reads, never writes: it takes the newest step
+whose parameter tree matches the model and whose arrays restore, records the
+newer ones it had to skip (damaged: missing or truncated array files, an empty
+step directory) and refuses a directory that holds another model or method.
+The trainer then moves the skipped steps aside (`move_aside`), never deleting
+them.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from typing import Optional
+import shutil
+from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -39,6 +49,117 @@ class Checkpoints:
 
   def close(self):
     self.manager.close()
+
+
+class Resume(NamedTuple):
+  step: Optional[int]  # None: nothing to resume
+  state: Optional[dict]
+  skipped: list  # [(step, why)] newer steps that could not be loaded
+
+
+def step_numbers(directory: str) -> list[int]:
+  """The step directories (`<int>`) of a checkpoints folder, oldest first."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  # Reading an item directory directly makes orbax warn that the step's own
+  # metadata file is elsewhere; that is expected here.
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def _item_dir(step_dir: str) -> str:
+  item = os.path.join(step_dir, "default")
+  return item if os.path.exists(item) else step_dir
+
+
+def _why(e: BaseException) -> str:
+  first = next((l.strip() for l in str(e).splitlines() if l.strip()), "")
+  return f"{type(e).__name__}: {first[:240]}"
+
+
+def param_shapes(step_dir: str) -> dict:
+  """{"trainable"|"frozen": {path: shape}} from a step's metadata (no array read)."""
+  if not os.listdir(step_dir):
+    raise CheckpointError(f"{step_dir}: empty step directory")
+  with _quiet_orbax():
+    meta = ocp.StandardCheckpointer().metadata(_item_dir(step_dir))
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  out = {}
+  for part in ("trainable", "frozen"):
+    if not isinstance(tree, dict) or part not in tree:
+      raise CheckpointError(f"{step_dir}: not a moe-jax training checkpoint (no {part!r})")
+    out[part] = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(tree[part]).items()}
+  return out
+
+
+def compare_params(saved: dict, expected: dict) -> Optional[str]:
+  """Why the parameter trees differ (first difference), or None."""
+  for part in ("trainable", "frozen"):
+    s, e = saved[part], expected[part]
+    missing, extra = sorted(set(e) - set(s)), sorted(set(s) - set(e))
+    if missing:
+      return f"it lacks the {part} parameter {missing[0]} ({len(missing)} missing)"
+    if extra:
+      return f"it has the {part} parameter {extra[0]} this configuration lacks ({len(extra)} in all)"
+    for k in sorted(e):
+      if s[k] != e[k]:
+        return f"{part} parameter {k} has shape {s[k]}, this configuration needs {e[k]}"
+  return None
+
+
+def find_resumable(directory: str, abstract_state: dict, holds: str = "") -> Resume:
+  """The newest loadable step of `directory` restored into `abstract_state`.
+
+  A step whose parameter tree differs from `abstract_state`'s is another
+  model or method: CheckpointError (`holds` says what the run directory
+  records). If steps exist but none loads, CheckpointError listing why."""
+  expected = {p: {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract_state[p]).items()}
+              for p in ("trainable", "frozen")}
+  skipped = []
+  for step in reversed(step_numbers(directory)):
+    step_dir = os.path.join(directory, str(step))
+    try:
+      saved = param_shapes(step_dir)
+    except Exception as e:  # pylint: disable=broad-except  unreadable metadata: a damaged step
+      skipped.append((step, _why(e)))
+      continue
+    differs = compare_params(saved, expected)
+    if differs:
+      raise CheckpointError(f"{os.path.dirname(directory)} holds a run of another model or method "
+                            f"(checkpoint step {step}: {differs}){holds}; use a new MODEL_DIR or that "
+                            "run's configuration")
+    try:
+      with _quiet_orbax():
+        state = ocp.StandardCheckpointer().restore(_item_dir(step_dir), abstract_state)
+    except Exception as e:  # pylint: disable=broad-except  missing or truncated array files
+      skipped.append((step, _why(e)))
+      continue
+    return Resume(step, state, skipped)
+  if skipped:
+    raise CheckpointError(f"{directory}: no loadable checkpoint: " + "; ".join(
+        f"step {s}: {why}" for s, why in skipped))
+  return Resume(None, None, [])
+
+
+def move_aside(directory: str, step: int, dest: str) -> str:
+  """Moves `directory/<step>` to `dest/<step>` (suffixed if taken), out of orbax's view."""
+  os.makedirs(dest, exist_ok=True)
+  target, n = os.path.join(dest, str(step)), 1
+  while os.path.exists(target):
+    target, n = os.path.join(dest, f"{step}.{n}"), n + 1
+  shutil.move(os.path.join(directory, str(step)), target)
+  return target
 
 
 def load_params(path: str) -> dict:
@@ -84,8 +205,23 @@ def partial_restore(target: dict, source: dict, where: str) -> tuple[dict, list[
   t, s = traverse_util.flatten_dict(target), traverse_util.flatten_dict(source)
   check_compatible(target, source, where)
   fresh = sorted("/".join(k) for k in set(t) - set(s))
-  merged = {k: (jax.numpy.asarray(s[k], t[k].dtype) if k in s else t[k]) for k in t}
+  merged = {k: (place_like(s[k], t[k]) if k in s else t[k]) for k in t}
   return traverse_util.unflatten_dict(merged), fresh
+
+
+def place_like(value, like):
+  """`value` (host array, or anything sliceable with a .shape) as an array with
+  `like`'s dtype and, when `like` is sharded, its sharding: each device reads
+  only its own slice, so no device holds the whole tensor."""
+  dtype = like.dtype
+  sharding = getattr(like, "sharding", None)
+  if sharding is None or isinstance(value, jax.Array):
+    return jax.numpy.asarray(value, dtype) if sharding is None else jax.device_put(
+        jax.numpy.asarray(value, dtype), sharding)
+  placed = jax.make_array_from_callback(tuple(like.shape), sharding,
+                                        lambda idx: np.asarray(value[idx]).astype(dtype))
+  getattr(value, "release", lambda: None)()
+  return placed
 
 
 def check_compatible(target: dict, source: dict, where: str) -> None:

@@ -2,12 +2,52 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+import sys
+import time
+from typing import Callable, Optional
 
 import gin
 import jax
 
-from moe_jax import plots
+from moe_jax import plots, validation
+
+
+SUITES = ("t0_eval", "commonsense")
+
+
+class EvalProgress:
+  """Console progress of a zero-shot evaluation, as training has: datasets and
+  templates done, elapsed time and ETA. A line when a dataset starts and at
+  most every `every` seconds within one (a suite has ~100 templates)."""
+
+  def __init__(self, suite, every: float = 10.0, out=None, clock: Callable[[], float] = time.time):
+    self.dataset_of = {t: d.key for d in suite if d.present for t in d.score_tasks}
+    self.datasets = [d.key for d in suite if d.present]
+    self.total = len(self.dataset_of)
+    self.every, self.out, self.clock = every, out, clock
+    self.start = self.last = clock()
+    self.finished, self.current = 0, None
+
+  def __call__(self, template: str) -> None:
+    """Called before `template` is scored (so every earlier one is done)."""
+    key = self.dataset_of.get(template)
+    now = self.clock()
+    if key != self.current or now - self.last >= self.every:
+      elapsed = now - self.start
+      eta = f"{elapsed / self.finished * (self.total - self.finished):.0f}s" if self.finished else "-"
+      datasets_done = self.datasets.index(key) if key in self.datasets else 0
+      self._print(f"eval: {datasets_done}/{len(self.datasets)} datasets, {self.finished}/{self.total} "
+                  f"templates done | {elapsed:.0f}s | ETA {eta} | scoring {key}")
+      self.last = now
+    self.current = key
+    self.finished += 1
+
+  def finish(self) -> None:
+    self._print(f"eval: {len(self.datasets)}/{len(self.datasets)} datasets, {self.total}/{self.total} "
+                f"templates done in {self.clock() - self.start:.0f}s")
+
+  def _print(self, line: str) -> None:
+    print(line, file=self.out or sys.stderr, flush=True)
 
 
 @gin.configurable
@@ -17,6 +57,21 @@ class ZeroShotEvaluator:
   def __init__(self, model_dir: str = gin.REQUIRED, suite: str = "t0_eval",
                feature_lengths: dict = gin.REQUIRED, max_examples_per_template: Optional[int] = None,
                batch_size: int = 32, datasets: Optional[list] = None, plot: bool = True):
+    s = lambda p: validation.setting("ZeroShotEvaluator", p)  # noqa: E731
+    validation.output_dir(s("model_dir"), model_dir)
+    validation.feature_lengths(s("feature_lengths"), feature_lengths)
+    validation.positive_int(s("max_examples_per_template"), max_examples_per_template, allow_none=True)
+    validation.positive_int(s("batch_size"), batch_size)
+    if suite not in SUITES:
+      raise ValueError(f"{s('suite')}: unknown eval suite {suite!r}{validation.close_matches(suite, SUITES)} "
+                       f"(known: {', '.join(SUITES)})")
+    if datasets is not None:
+      import tasks
+      full = tasks.eval_suite(suite)
+      validation.names_in(s("datasets"), datasets, [d.key for d in full], f"{suite} dataset")
+      if not any(d.present for d in full if d.key in datasets):
+        raise ValueError(f"{s('datasets')}: the data source has none of {list(datasets)} (the report would "
+                         f"average nothing); available: {', '.join(d.key for d in full if d.present)}")
     self.model_dir, self.suite_name, self.lengths = model_dir, suite, dict(feature_lengths)
     self.max_examples, self.batch_size, self.datasets, self.plot = (
         max_examples_per_template, batch_size, datasets, plot)
@@ -34,10 +89,12 @@ class ZeroShotEvaluator:
     table = routing_embeddings.for_run(model, params, self.model_dir) if routing_embeddings.needed(
         model.adapters) else None
     with_context = (lambda b: routing_embeddings.attach(b, table)) if table is not None else (lambda b: b)
+    progress = EvalProgress(suite)
     report = rank_eval.evaluate(lambda b: score(params, with_context(b)), suite, self.lengths,
                                 batch_size=self.batch_size,
                                 max_examples_per_template=self.max_examples,
-                                decoder_only=model.config.family == "decoder")
+                                decoder_only=model.config.family == "decoder", progress=progress)
+    progress.finish()
     report["step"] = step
     out_dir = os.path.join(self.model_dir, "eval")
     rank_eval.write_report(report, out_dir)
@@ -74,6 +131,7 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, evaluator=gin.REQUIRED) -> dic
   """Loads a checkpoint (moe-jax run or HF directory) into the configured model and evaluates it."""
   from moe_jax import gin_utils, trainer
   import tasks  # noqa: F401  registers the seqio tasks
+  validation.existing_path(validation.setting("evaluate", "checkpoint_path"), checkpoint_path)
   model = gin_utils.model()
   params = model.init(jax.random.key(0))
   params, fresh, _ = trainer._load_initial(model, params, checkpoint_path)

@@ -7,9 +7,11 @@ import os
 import sys
 from typing import Optional
 
+from moe_jax import quiet  # noqa: F401  before TensorFlow is imported
+
 import gin
 
-from moe_jax import paths
+from moe_jax import paths, validation
 from moe_jax.models import build_model, get_preset
 from moe_jax.peft import NO_ADAPTERS, register_with_gin
 
@@ -19,10 +21,16 @@ REPO_GIN_DIR = os.path.join(paths.REPO_ROOT, "gin_configs")
 @gin.configurable
 def model(preset: str = gin.REQUIRED, adapters=NO_ADAPTERS, dtype: str = "float32",
           param_dtype: str = "float32", dropout_rate: float = 0.0, z_loss: float = 1e-4,
-          loss_normalizing_factor: str = "num_real_target_tokens", config_overrides: Optional[dict] = None):
-  """The run's model: a backbone preset, its dtypes and dropout, and a PEFT method."""
+          loss_normalizing_factor: str = "num_real_target_tokens", config_overrides: Optional[dict] = None,
+          scan_layers: Optional[bool] = None, remat_policy: str = "none"):
+  """The run's model: a backbone preset, its dtypes and dropout, and a PEFT method.
+
+  `param_dtype` is the backbone's (adapters and routers always keep float32);
+  `scan_layers` None keeps the preset's choice.
+  """
+  layout = {} if scan_layers is None else {"scan_layers": scan_layers}
   config = get_preset(preset, dtype=dtype, param_dtype=param_dtype, dropout_rate=dropout_rate,
-                      **(config_overrides or {}))
+                      remat_policy=remat_policy, **layout, **(config_overrides or {}))
   return build_model(config, adapters, z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor)
 
 
@@ -61,20 +69,37 @@ def parse_flags(argv):
   return args.gin_file, bindings, [p for p in args.gin_search_paths.split(",") if p]
 
 
+def _find_gin_file(name: str, search) -> None:
+  """A missing --gin_file is named with the places searched (gin would log each miss)."""
+  if os.path.isabs(name):
+    found = os.path.isfile(name)
+  else:
+    found = any(os.path.isfile(os.path.join(d, name)) for d in ["", *search])
+  if not found:
+    raise FileNotFoundError(f"--gin_file={name}: not found (searched {', '.join(['.', *search])})")
+
+
 def configure(argv) -> None:
-  """Parses flags and gin files; raises ValueError naming a bad file or binding."""
+  """Parses flags and gin files; raises ValueError naming a bad file, binding or
+  unused macro (a macro set on the command line that no configuration reads)."""
   import moe_jax.evaluation  # noqa: F401  registers ZeroShotEvaluator
   import moe_jax.trainer  # noqa: F401  registers train
   register_with_gin()
+  gin.clear_config()
   files, bindings, search = parse_flags(argv)
-  for p in search + [REPO_GIN_DIR, paths.REPO_ROOT, os.getcwd()]:
-    gin.add_config_file_search_path(p)
+  search = list(dict.fromkeys(search + [REPO_GIN_DIR, paths.REPO_ROOT, os.getcwd()]))
+  for p in search:
+    if p not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
+      gin.add_config_file_search_path(p)
   if not files:
     raise ValueError("no --gin_file given")
+  for f in files:
+    _find_gin_file(f, search)
   try:
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
   except (ValueError, KeyError, IOError, SyntaxError) as e:
     raise ValueError(f"gin configuration error: {e}") from None
+  validation.check_macros(bindings)
   data_dir()
 
 
@@ -86,21 +111,38 @@ def exit_process(code: int) -> None:
   os._exit(code)
 
 
+def one_line(message) -> str:
+  """A message as one line (gin's errors quote the offending binding on more)."""
+  lines = [l.strip() for l in str(message).splitlines() if l.strip()]
+  # gin appends where the error was raised ("In call to configurable 'train' (<function ...>)").
+  return " | ".join(l for l in lines if not l.startswith("In call to configurable"))
+
+
+def error_message(e: BaseException) -> str:
+  if isinstance(e, KeyError) and e.args:
+    return one_line(e.args[0])  # str(KeyError) would add quotes
+  if isinstance(e, OSError) and e.filename and e.strerror:
+    return f"{e.filename}: {e.strerror}"
+  return one_line(e)
+
+
 def run(main_fn, argv=None) -> int:
-  """Runs an entry point; configuration and input errors exit with status 2."""
+  """Runs an entry point; configuration and input errors print one line
+  `error: ...` and give status 2, divergence 1, anything else a traceback and 1."""
   from moe_jax.checkpoints import CheckpointError
   from moe_jax.data.jsonl import DataError
   from moe_jax.models.hf import CheckpointError as HFCheckpointError
   from moe_jax.trainer import TrainingError
   argv = sys.argv[1:] if argv is None else argv
+  quiet.import_tensorflow()
   try:
     configure(argv)
     main_fn()
   except TrainingError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {one_line(e)}", file=sys.stderr)
     return 1
-  except (ValueError, KeyError, FileNotFoundError, CheckpointError, HFCheckpointError, DataError) as e:
-    print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+  except (ValueError, KeyError, OSError, CheckpointError, HFCheckpointError, DataError) as e:
+    print(f"error: {error_message(e)}", file=sys.stderr)
     return 2
   except Exception as e:  # tf.data wraps our DataError in its own exception types
     if "DataError" in str(e):

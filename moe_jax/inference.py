@@ -11,16 +11,27 @@ import numpy as np
 from moe_jax import gin_utils
 
 
+def _looks_like_file(inputs: str) -> bool:
+  return os.sep in inputs or inputs.endswith((".jsonl", ".json", ".txt"))
+
+
 def load_rows(inputs: str, split: str, max_examples: int) -> list[dict]:
   """[{"inputs": text, "task_id": int}] from a JSONL file or a registered seqio task."""
   if os.path.exists(inputs):
     from moe_jax.data import jsonl
     rows = []
-    for row in jsonl.read_rows(inputs, required=("inputs",)):
+    for line_no, row in jsonl.numbered_rows(inputs, required=("inputs",), same_fields=False):
       if len(rows) == max_examples:
         break
-      rows.append({"inputs": str(row["inputs"]), "task_id": int(row.get("task_id", 0))})
+      if not isinstance(row["inputs"], str):
+        raise jsonl.DataError(f"{inputs}:{line_no}: field 'inputs' must be a string, got {row['inputs']!r}")
+      task_id = row.get("task_id", 0)
+      if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 0:
+        raise jsonl.DataError(f"{inputs}:{line_no}: field 'task_id' must be an integer >= 0, got {task_id!r}")
+      rows.append({"inputs": row["inputs"], "task_id": task_id})
     return rows
+  if _looks_like_file(inputs):
+    raise FileNotFoundError(f"INFER_INPUTS={inputs}: no such file")
   from moe_jax.data import registry
   task = registry.get_task_or_mixture(inputs)
   ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False)
@@ -75,7 +86,15 @@ def infer(checkpoint_path: str = gin.REQUIRED, model_dir: str = gin.REQUIRED, in
           max_decode_length: int = 64, num_beams: int = 1, batch_size: int = 8) -> str:
   import jax
 
-  from moe_jax import trainer
+  from moe_jax import trainer, validation
+  s = lambda p: validation.setting("infer", p)  # noqa: E731
+  validation.existing_path(s("checkpoint_path"), checkpoint_path)
+  validation.output_dir(s("model_dir"), model_dir)
+  if not isinstance(inputs, str) or not inputs:
+    raise ValueError(f"{s('inputs')} must be a JSONL file or a seqio task name, got {inputs!r}")
+  for p, v in (("max_examples", max_examples), ("inputs_length", inputs_length),
+               ("max_decode_length", max_decode_length), ("num_beams", num_beams), ("batch_size", batch_size)):
+    validation.positive_int(s(p), v)
   from moe_jax.data import vocab as vocab_lib
   import tasks  # noqa: F401  registers the seqio tasks
   model = gin_utils.model()

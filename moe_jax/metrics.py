@@ -13,11 +13,42 @@ import numpy as np
 
 def mean_router_entropy(router_stats) -> jax.Array:
   """Mean over routers and examples of H(p) of the sown expert probabilities."""
-  leaves = [x for x in jax.tree_util.tree_leaves(router_stats) if x.ndim == 2]
+  from moe_jax.models import layer_layout  # scanned stacks: one router per layer
+  leaves = [x for x in jax.tree_util.tree_leaves(layer_layout.unstack_layers(router_stats)) if x.ndim == 2]
   if not leaves:
     return jnp.zeros((), jnp.float32)
   ent = [jnp.mean(-jnp.sum(p * jnp.log(jnp.maximum(p, 1e-9)), -1)) for p in leaves]
   return jnp.mean(jnp.stack(ent))
+
+
+def read_log(path: str, up_to_step: int) -> tuple[list[str], list[tuple[int, str]]]:
+  """The lines of train_metrics.jsonl to keep when resuming from `up_to_step`
+  (later ones are redone), and (line number, why) for lines that do not parse:
+  a SIGKILL during an append leaves a torn last line, which must not stop the
+  resume. Reads only."""
+  if not os.path.exists(path):
+    return [], []
+  keep, dropped = [], []
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, 1):
+      if not raw.strip():
+        continue
+      try:
+        row = json.loads(raw.decode("utf-8"))
+        step = row["step"]
+      except (ValueError, KeyError, TypeError) as e:
+        dropped.append((line_no, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"))
+        continue
+      if step <= up_to_step:
+        keep.append(json.dumps(row) + "\n")
+  return keep, dropped
+
+
+def write_log(path: str, lines: list[str]) -> None:
+  """Replaces the log by `lines` atomically."""
+  with open(path + ".tmp", "w") as f:
+    f.writelines(lines)
+  os.replace(path + ".tmp", path)
 
 
 class Logger:

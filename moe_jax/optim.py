@@ -6,7 +6,8 @@ multiplied by the parameter's RMS scale (floored at 1e-3), no momentum.
 
 Factoring follows t5x's logical factor rules (t5x/adafactor.py
 `standard_logical_factor_rules`): `embed` is the row dimension; `heads`, `kv`,
-`mlp`, `vocab` the column dimensions. A kernel is factored over (all its row
+`mlp`, `vocab` the column dimensions; `layers` (scanned stacks) a batch
+dimension, each layer with its own statistics. A kernel is factored over (all its row
 dims) x (all its column dims), so moe-jax's 3-D attention kernels
 [embed, heads, kv] get the same statistics as t5x's 2-D [embed, heads*kv]
 ones (optax alone would see a 64-wide head axis and not factor). Parameters
@@ -30,6 +31,7 @@ from jax.sharding import PartitionSpec
 UNFACTORED_AXES = ("expert", "rank")
 ROW_AXES = ("embed",)
 COLUMN_AXES = ("heads", "kv", "joined_kv", "mlp", "vocab")
+BATCH_AXES = ("layers",)
 
 
 def decay_rate_at(step: int, decay_rate: float = 0.8, step_offset: int = 0) -> float:
@@ -38,20 +40,25 @@ def decay_rate_at(step: int, decay_rate: float = 0.8, step_offset: int = 0) -> f
 
 
 def factored_shape(shape: tuple[int, ...], spec) -> tuple[int, ...]:
-  """The shape Adafactor's statistics see: contiguous row axes and contiguous
-  column axes each merged into one dimension; `shape` itself otherwise."""
+  """The shape Adafactor's statistics see: leading `layers` axes (scanned
+  stacks, t5x's BATCH factor dim) merged into one, then contiguous row axes
+  and contiguous column axes each merged into one dimension; `shape` itself
+  when the axes do not form that pattern."""
   names = tuple(spec) + (None,) * (len(shape) - len(spec))
-  groups = ["row" if n in ROW_AXES else "col" if n in COLUMN_AXES else None for n in names]
+  lead = 0
+  while lead < len(names) and names[lead] in BATCH_AXES:
+    lead += 1
+  groups = ["row" if n in ROW_AXES else "col" if n in COLUMN_AXES else None for n in names[lead:]]
   if "row" not in groups or "col" not in groups or None in groups:
     return tuple(shape)
   # one run of each kind, in either order (q/k/v: row then col; o: col then row)
   runs = [g for i, g in enumerate(groups) if i == 0 or groups[i - 1] != g]
   if len(runs) != 2:
     return tuple(shape)
-  merged, i = [], 0
+  merged, i = [math.prod(shape[:lead])] if lead else [], lead
   for run in runs:
     j = i
-    while j < len(groups) and groups[j] == run:
+    while j < len(names) and groups[j - lead] == run:
       j += 1
     merged.append(math.prod(shape[i:j]))
     i = j

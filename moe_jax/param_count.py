@@ -42,8 +42,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     rows = table(args.model, args.presets.split(",") if args.presets else None)
-  except KeyError as e:
-    print(f"error: {e.args[0]}", file=sys.stderr)
+  except (KeyError, ValueError) as e:
+    print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
     return 2
   for name, n, pct in rows:
     print(f"{name} {n} {pct:.4f}%")

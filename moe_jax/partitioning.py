@@ -33,6 +33,19 @@ DEFAULT_RULES = (
 )
 
 
+# FSDP-style: large weights are also split over `data` along `embed`, so each
+# device holds 1/(data x model) of every matrix; XLA all-gathers a layer's
+# weights where they are used. For backbones that do not fit model-parallel alone.
+FSDP_RULES = tuple(("embed", "data") if k == "embed" else (k, v) for k, v in DEFAULT_RULES)
+RULE_SETS = {"default": DEFAULT_RULES, "fsdp": FSDP_RULES}
+
+
+def rules(name: str):
+  if name not in RULE_SETS:
+    raise ValueError(f"partitioning rules {name!r}; expected one of {sorted(RULE_SETS)}")
+  return RULE_SETS[name]
+
+
 def make_mesh(data: int = -1, model: int = 1, expert: int = 1, devices: Optional[Sequence] = None) -> Mesh:
   """A (data, model[, expert]) mesh; data=-1 takes the remaining devices."""
   devices = list(devices if devices is not None else jax.devices())
@@ -64,15 +77,31 @@ class Partitioner:
   def batch_sharding(self, ndim: int) -> NamedSharding:
     return NamedSharding(self.mesh, P("data", *([None] * (ndim - 1))))
 
-  def shard_batch(self, batch: dict) -> dict:
-    """Host numpy batch (global) -> arrays split over `data`."""
+  def host_batch_rows(self, global_batch_size: int) -> tuple[int, int]:
+    """(first row, number of rows) of the global batch that this process's
+    devices hold: what this host must read. Every row on one host when
+    there is one process; 1/data of them per host when the data axis spans
+    the hosts; all of them when only the model axis does."""
+    index = self.batch_sharding(1).addressable_devices_indices_map((global_batch_size,))
+    rows = sorted({sl[0].indices(global_batch_size)[:2] for sl in index.values()})
+    first, covered = rows[0][0], rows[0][0]
+    for start, stop in rows:
+      if start > covered:
+        raise ValueError("this process's batch rows are not contiguous; order the mesh's devices by process")
+      covered = max(covered, stop)
+    return first, covered - first
+
+  def shard_batch(self, batch: dict, global_batch_size: Optional[int] = None) -> dict:
+    """This host's rows of the global batch (numpy) -> global arrays split over
+    `data`. With one process the batch is the global batch."""
     out = {}
     for k, v in batch.items():
       sharding = self.batch_sharding(np.ndim(v))
       if jax.process_count() == 1:
         out[k] = jax.device_put(v, sharding)
-      else:  # each process holds the same global batch; keep its own slice
-        out[k] = jax.make_array_from_callback(np.shape(v), sharding, lambda idx, v=v: v[idx])
+      else:  # each host feeds only its own rows (host_batch_rows)
+        shape = (global_batch_size or np.shape(v)[0],) + np.shape(v)[1:]
+        out[k] = jax.make_array_from_process_local_data(sharding, np.asarray(v), shape)
     return out
 
   def context(self):

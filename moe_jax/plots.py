@@ -6,13 +6,14 @@ import os
 import numpy as np
 from flax import traverse_util
 
+from moe_jax.models import layer_layout
 from moe_jax.peft import sites
 
 
 def router_probabilities(model, params, batch) -> dict[str, np.ndarray]:
   """{router path: mean expert probabilities [E]} over the batch's examples."""
   _, stats = model._apply(params, batch, mutable=(sites.ROUTER_STATS_COLLECTION,))
-  flat = traverse_util.flatten_dict(stats.get(sites.ROUTER_STATS_COLLECTION, {}))
+  flat = traverse_util.flatten_dict(layer_layout.unstack_layers(stats.get(sites.ROUTER_STATS_COLLECTION, {})))
   out = {}
   for path, value in flat.items():
     probs = np.asarray(value[0] if isinstance(value, tuple) else value)

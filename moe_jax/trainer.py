@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Optional
 
 import gin
@@ -20,7 +21,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from moe_jax import checkpoints, metrics, optim, partitioning, routing_embeddings
+from moe_jax import checkpoints, metrics, optim, partitioning, routing_embeddings, validation
+from moe_jax.data.jsonl import DataError
 from moe_jax.models.api import BaseModel
 from moe_jax.peft.trainable import trainable_mask
 
@@ -111,18 +113,45 @@ class TrainStep:
     return self._step(trainable, frozen, opt_state, batch, rng)
 
 
-def _read_jsonl(path):
+RUN_INFO = "run.json"
+
+
+def describe(model: BaseModel) -> dict:
+  """What a run directory holds: the method and the backbone's shape-defining fields."""
+  c = model.config
+  fields = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_kv_heads", "num_layers",
+            "num_encoder_layers", "num_decoder_layers", "mlp_variant")
+  backbone = type(c).__name__ + "(" + ", ".join(f"{f}={getattr(c, f)}" for f in fields if hasattr(c, f)) + ")"
+  return {"method": type(model.adapters).__name__, "method_config": repr(model.adapters), "backbone": backbone}
+
+
+def _check_same_run(model_dir: str, model: BaseModel) -> str:
+  """Raises if MODEL_DIR's run.json records another method or backbone (a changed
+  hyperparameter of the same method is left to the checkpoint's shape check);
+  returns a note on what the directory holds for other messages."""
+  path = os.path.join(model_dir, RUN_INFO)
   if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
+    return ""
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError as e:  # written atomically, so only a hand edit gets here; it is rewritten
+    print(f"warning: {path}: unreadable ({e}); ignored", file=sys.stderr)
+    return ""
+  now = describe(model)
+  for key, what in (("method", "method"), ("backbone", "model")):
+    if saved.get(key) != now[key]:
+      held = saved.get("method_config") if key == "method" else saved.get(key)
+      mine = now["method_config"] if key == "method" else now[key]
+      raise checkpoints.CheckpointError(
+          f"{model_dir} holds a run of another {what}: {held}; this configuration is {mine}; "
+          "use a new MODEL_DIR or that run's configuration")
+  return f"; the directory holds {saved.get('method_config')} over {saved.get('backbone')}"
 
 
-def _truncate_metrics(path, last_step):
-  """Drop lines logged after the checkpoint we resume from (they will be redone)."""
-  rows = [r for r in _read_jsonl(path) if r["step"] <= last_step]
+def _write_json(path: str, obj) -> None:
   with open(path + ".tmp", "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows)
+    json.dump(obj, f, indent=1)
   os.replace(path + ".tmp", path)
 
 
@@ -134,21 +163,31 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
           initial_checkpoint_path: Optional[str] = None, checkpoint_period: int = 1000,
           keep_checkpoints: int = 3, log_period: int = 10, eval_period: Optional[int] = None,
           grad_accum_steps: int = 1, mesh_shape: tuple = (-1, 1), seed: int = 0, shuffle_seed: int = 0,
-          adafactor_step_offset: Optional[int] = None, evaluator=None) -> dict:
+          adafactor_step_offset: Optional[int] = None, partitioning_rules: str = "default",
+          evaluator=None) -> dict:
   """Trains (or resumes) a run in `model_dir`; returns the last logged metrics.
 
   `adafactor_step_offset`: the optimizer step this run continues (T5X
   fine-tuning continues the pretrained checkpoint's, e.g. 1,100,000); None
   takes the step the initial checkpoint records, or 0.
+
+  Nothing is written to `model_dir` until the configuration is checked, the
+  checkpoint to resume from is found and the first batch of data has been
+  read: a run that fails on bad input leaves the directory as it found it.
   """
+  validation.train_args(**locals())
   from moe_jax.data import converters, ids, registry  # TF-heavy: imported when training
-  os.makedirs(model_dir, exist_ok=True)
-  partitioner = partitioning.Partitioner(partitioning.make_mesh(*mesh_shape))
   source = registry.get_task_or_mixture(mixture_or_task_name)
+  holds = _check_same_run(model_dir, model)
+  partitioner = partitioning.Partitioner(partitioning.make_mesh(*mesh_shape),
+                                         partitioning.rules(partitioning_rules))
 
   # Parameters: fresh init, then the initial checkpoint (backbone), then resume.
   init_batch = model._dummy_batch()
-  params = model.init(jax.random.key(seed), init_batch)
+  axes = model.param_logical_axes(init_batch)
+  with partitioner.context():  # each device creates only its own shards
+    params = jax.jit(lambda r: model.init(r, init_batch),
+                     out_shardings=partitioner.param_shardings(axes))(jax.random.key(seed))
   initial_step = None  # the step the initial checkpoint records (T5X: pre-training steps)
   if initial_checkpoint_path:
     params, fresh, initial_step = _load_initial(model, params, initial_checkpoint_path)
@@ -156,7 +195,6 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
           f"{len(fresh)} parameters start fresh")
   mask = trainable_mask(params, trainable_regex)
   trainable, frozen = split_params(params, mask)
-  axes = model.param_logical_axes(init_batch)
   trainable_axes, frozen_axes = _subtree(axes, trainable), _subtree(axes, frozen)
   step_offset = adafactor_step_offset if adafactor_step_offset is not None else (initial_step or 0)
   print(f"Adafactor step offset {step_offset}: the first update's second-moment decay is "
@@ -168,22 +206,21 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     frozen = jax.device_put(frozen, partitioner.param_shardings(frozen_axes))
     opt_state = step_fn.init_opt_state(trainable)
 
-  ckpts = checkpoints.Checkpoints(os.path.join(model_dir, "checkpoints"), keep_checkpoints)
+  # Resume: read only; the newest loadable step wins, damaged newer ones are moved aside below.
+  ckpt_dir = os.path.join(model_dir, "checkpoints")
   ids_path = os.path.join(model_dir, "ids.json")
+  resume = checkpoints.find_resumable(ckpt_dir, jax.eval_shape(lambda: {
+      "trainable": trainable, "frozen": frozen, "opt_state": opt_state,
+      "step": np.int64(0), "batches_seen": np.int64(0)}), holds)
   step, batches_seen = 0, 0
-  latest = ckpts.latest_step()
-  if latest is not None:
-    state = ckpts.restore(latest, jax.eval_shape(lambda: {
-        "trainable": trainable, "frozen": frozen, "opt_state": opt_state,
-        "step": np.int64(0), "batches_seen": np.int64(0)}))
+  if resume.step is not None:
+    state = resume.state
     trainable, frozen, opt_state = state["trainable"], state["frozen"], state["opt_state"]
     step, batches_seen = int(state["step"]), int(state["batches_seen"])
     if os.path.exists(ids_path):
       ids.restore(ids_path)
-    print(f"resuming {model_dir} from step {step}")
-  ids.save(ids_path)
   metrics_path = os.path.join(model_dir, "train_metrics.jsonl")
-  _truncate_metrics(metrics_path, step)
+  logged, dropped = metrics.read_log(metrics_path, step)
   if step >= train_steps:
     print(f"{model_dir} is already at step {step} >= train_steps={train_steps}")
     return {}
@@ -191,6 +228,11 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   extra = {}
   if not pack and hasattr(source, "tasks"):  # a seqio Mixture keeps only inputs/targets unless told
     extra["passthrough_features"] = converters.CONTEXT_FEATURES
+  # Per-host input: each host reads only the rows of the global batch its devices hold.
+  first_row, host_rows = partitioner.host_batch_rows(batch_size)
+  if host_rows != batch_size:
+    import seqio
+    extra["shard_info"] = seqio.ShardInfo(index=first_row // host_rows, num_shards=batch_size // host_rows)
   ds = source.get_dataset(sequence_length=task_feature_lengths, split="train", shuffle=True,
                           seed=shuffle_seed, num_epochs=None, use_cached=False, **extra)
   if model.config.family == "decoder":
@@ -198,26 +240,46 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   else:
     ds = converters.encdec(ds, task_feature_lengths, pack=pack,
                            passthrough=() if pack else converters.CONTEXT_FEATURES)
-  ds = ds.skip(batches_seen * batch_size)  # same data order as the uninterrupted run
-  batch_iter = converters.batches(ds, batch_size, drop_remainder=True)
+  ds = ds.skip(batches_seen * host_rows)  # same data order as the uninterrupted run
+  batch_iter = converters.batches(ds, host_rows, drop_remainder=True)
+  try:
+    pending = next(batch_iter)  # bad data fails here, before anything is written
+  except StopIteration:
+    raise DataError(f"{mixture_or_task_name}: the training data yield no batch of {host_rows} "
+                    "examples") from None
+  if routing_embeddings.needed(model.adapters) and pack:
+    raise ValueError("PACK=True: routing='embedding' needs per-example template ids; set PACK=False")
+
+  # From here on the run writes to model_dir.
+  os.makedirs(model_dir, exist_ok=True)
+  for s, why in resume.skipped:
+    moved = checkpoints.move_aside(ckpt_dir, s, os.path.join(model_dir, "damaged_checkpoints"))
+    print(f"warning: checkpoint step {s} is damaged ({why}); moved it to {moved}", file=sys.stderr)
+  if resume.step is not None:
+    print(f"resuming {model_dir} from step {step}")
+  for line_no, why in dropped:
+    print(f"warning: {metrics_path}:{line_no}: dropped an unreadable line ({why}; a run killed while "
+          "logging leaves a torn last line)", file=sys.stderr)
+  ids.save(ids_path)
+  _write_json(os.path.join(model_dir, RUN_INFO), describe(model))
+  metrics.write_log(metrics_path, logged)  # rows after the resumed step will be redone
+  ckpts = checkpoints.Checkpoints(ckpt_dir, keep_checkpoints)
 
   routing_table = None
   if routing_embeddings.needed(model.adapters):
-    if pack:
-      raise TrainingError("routing='embedding' needs per-example template ids: set PACK=False")
     routing_table = routing_embeddings.for_run(model, merge_params(trainable, frozen), model_dir)
     print(f"instruction embeddings for {len(routing_table)} templates in {model_dir}")
   logger = metrics.Logger(model_dir, total_steps=train_steps, batch_size=batch_size, start_step=step)
   rng = jax.random.key(seed + 1)
   last = {}
   while step < train_steps:
-    batch = next(batch_iter)
+    batch, pending = (pending, None) if pending is not None else (next(batch_iter), None)
     batches_seen += 1
     if routing_table is not None:
       batch = routing_embeddings.attach(batch, routing_table)
     task_ids = batch.get("task_id")
     with partitioner.context():
-      trainable, opt_state, m = step_fn(trainable, frozen, opt_state, partitioner.shard_batch(batch),
+      trainable, opt_state, m = step_fn(trainable, frozen, opt_state, partitioner.shard_batch(batch, batch_size),
                                         jax.random.fold_in(rng, step))
     step += 1
     _check_finite(m, step, ckpts.latest_step())
@@ -255,7 +317,7 @@ def _load_initial(model, params, path):
   from moe_jax.models import hf, t5x
   step = None
   if os.path.exists(os.path.join(path, "config.json")):
-    _, source = hf.load_hf_checkpoint(path, dtype=model.config.param_dtype)
+    source = hf.read_hf_params(path)  # read tensor by tensor, straight into the shards
   elif t5x.is_t5x_checkpoint(path):
     ckpt = t5x.T5XCheckpoint(path)
     _, source = t5x.load_t5x_checkpoint(ckpt, config=model.config, dtype=model.config.param_dtype)
@@ -263,5 +325,7 @@ def _load_initial(model, params, path):
   else:
     state = checkpoints.load_state(path)
     source, step = checkpoints.params_of(state), int(state["step"])
+  from moe_jax.models import layer_layout
+  source = layer_layout.match_layout(source, params)  # e.g. an unrolled HF/T5X backbone, scanned model
   params, fresh = checkpoints.partial_restore(params, source, path)
   return params, fresh, step

@@ -14,6 +14,8 @@ import argparse
 import sys
 import time
 
+from moe_jax import quiet  # noqa: F401  before TensorFlow is imported
+
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,34 +31,57 @@ def main(argv=None) -> int:
   parser.add_argument("--datasets", default=None,
                       help="comma-separated dataset keys to keep from the suite (default: all)")
   args = parser.parse_args(argv)
+  quiet.import_tensorflow()
+  try:
+    return _run(args)
+  except Exception as e:  # pylint: disable=broad-except  bad input: one line, status 2
+    from moe_jax import gin_utils
+    from moe_jax.data.jsonl import DataError
+    from moe_jax.models.hf import CheckpointError
+    if isinstance(e, (ValueError, KeyError, OSError, DataError, CheckpointError)):
+      print(f"error: {gin_utils.error_message(e)}", file=sys.stderr)
+      return 2
+    raise
+
+
+def _run(args) -> int:
+  from moe_jax import validation
+  validation.positive_int("--max_examples_per_template", args.max_examples_per_template, allow_none=True)
+  for name in ("inputs_length", "targets_length", "batch_size"):
+    validation.positive_int(f"--{name}", getattr(args, name))
+  validation.non_negative_int("--seed", args.seed)
+  validation.output_dir("--output_dir", args.output_dir)
+  if args.hf_dir:
+    validation.existing_path("--hf_dir", args.hf_dir)
 
   import jax
 
   import tasks
   from moe_jax.data import rank_eval
+  from moe_jax.evaluation import EvalProgress
   from moe_jax.models import build_model, get_preset, load_hf_checkpoint
 
+  suite = tasks.eval_suite(args.suite)
+  if args.datasets:
+    wanted = args.datasets.split(",")
+    validation.names_in("--datasets", wanted, [d.key for d in suite], f"{args.suite} dataset")
+    suite = [d for d in suite if d.key in wanted]
+  if not any(d.present for d in suite):
+    raise ValueError(f"the data source has none of the datasets {[d.key for d in suite]} "
+                     "(the report would average nothing; check MOE_JAX_DATA_DIR)")
   if args.hf_dir:
     model, params = load_hf_checkpoint(args.hf_dir)
   else:
     model = build_model(get_preset(args.model))
     params = model.init(jax.random.key(args.seed))
   lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
-  suite = tasks.eval_suite(args.suite)
-  if args.datasets:
-    wanted = args.datasets.split(",")
-    unknown = sorted(set(wanted) - {d.key for d in suite})
-    if unknown:
-      print(f"error: unknown dataset(s) {unknown}; suite {args.suite} has {[d.key for d in suite]}",
-            file=sys.stderr)
-      return 2
-    suite = [d for d in suite if d.key in wanted]
   start = time.time()
+  progress = EvalProgress(suite)
   report = rank_eval.evaluate(lambda b: model.score_batch(params, b), suite, lengths,
                               batch_size=args.batch_size,
                               max_examples_per_template=args.max_examples_per_template,
-                              decoder_only=model.config.family == "decoder",
-                              progress=lambda name: print(f"  scoring {name}", file=sys.stderr))
+                              decoder_only=model.config.family == "decoder", progress=progress)
+  progress.finish()
   report["model"] = args.hf_dir or f"{args.model} (random, seed {args.seed})"
   json_path, md_path = rank_eval.write_report(report, args.output_dir)
   print(rank_eval.markdown(report))

@@ -9,3 +9,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+  """One small trained run (4 MoV steps, checkpoints 2 and 4) shared by the
+  bad-input and resume tests; tests copy it before changing anything."""
+  from tests.inprocess import train_in_process
+  run = tmp_path_factory.mktemp("small_run") / "run"
+  assert train_in_process(run) == 0
+  return run

@@ -20,12 +20,35 @@ def split_path(dataset: str, subset: Optional[str], split: str, data_dir: Option
   return os.path.join(data_dir or paths.data_dir(), dataset, subset or "_", f"{split}.jsonl")
 
 
-def read_rows(path: str, required: Sequence[str] = ()) -> Iterator[dict]:
-  """Yields one dict per line; a bad line or a missing field raises DataError."""
+def _kind(v) -> str:
+  if isinstance(v, bool):
+    return "a boolean"
+  if isinstance(v, (int, float)):
+    return "a number"
+  return {str: "a string", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def numbered_rows(path: str, required: Sequence[str] = (), same_fields: bool = True) -> Iterator[tuple[int, dict]]:
+  """Yields (line number, row) per non-blank line. Raises DataError naming
+  `file:line` (and the field) for a line that is not UTF-8 or not a JSON
+  object, a missing required field, a field whose JSON type differs from the
+  one it has on earlier lines (the HF schema gives each field one type; null
+  is allowed anywhere) and, with `same_fields`, a row whose fields differ from
+  the first row's (every HF row has every column); an empty file is an error
+  too."""
   if not os.path.exists(path):
     raise DataError(f"{path}: file not found (data dir: {paths.data_dir()}; set MOE_JAX_DATA_DIR)")
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
+  if os.path.isdir(path):
+    raise DataError(f"{path}: is a directory, not a JSONL file")
+  schema: dict[str, tuple[str, int]] = {}
+  first_fields = None
+  rows = 0
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{line_no}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
       if not line.strip():
         continue
       try:
@@ -37,9 +60,34 @@ def read_rows(path: str, required: Sequence[str] = ()) -> Iterator[dict]:
       for field in required:
         if field not in row:
           raise DataError(f"{path}:{line_no}: missing field {field!r} (has {sorted(row)})")
-      yield row
+      if same_fields:
+        if first_fields is None:
+          first_fields = (set(row), line_no)
+        elif set(row) != first_fields[0]:
+          missing, extra = sorted(first_fields[0] - set(row)), sorted(set(row) - first_fields[0])
+          raise DataError(f"{path}:{line_no}: " + (f"missing field {missing[0]!r}" if missing else
+                                                   f"unexpected field {extra[0]!r}")
+                          + f" (line {first_fields[1]} has {sorted(first_fields[0])})")
+      for field, value in row.items():
+        if value is None:
+          continue
+        kind = _kind(value)
+        seen = schema.setdefault(field, (kind, line_no))
+        if seen[0] != kind:
+          raise DataError(f"{path}:{line_no}: field {field!r} is {kind} ({json.dumps(value)[:40]}), "
+                          f"but {seen[0]} on line {seen[1]}")
+      rows += 1
+      yield line_no, row
+  if not rows:
+    raise DataError(f"{path}: no rows (the file is empty)")
+
+
+def read_rows(path: str, required: Sequence[str] = ()) -> Iterator[dict]:
+  """Yields one dict per line; bad input raises DataError (see numbered_rows)."""
+  for _, row in numbered_rows(path, required):
+    yield row
 
 
 def count_rows(path: str) -> int:
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8", errors="replace") as f:
     return sum(1 for line in f if line.strip())

@@ -68,4 +68,9 @@ def render(template, row: dict):
   if len(parts) != 2 or not parts[0].strip():
     return None
   choices = template.get_answer_choices_list(row) if template.answer_choices else None
+  label = row.get("label")
+  if (choices and isinstance(label, int) and not isinstance(label, bool) and not -1 <= label < len(choices)
+      and "label" in referenced_fields(template)):
+    # Jinja renders answer_choices[label] past the end as '' : an empty target, silently.
+    raise ValueError(f"field 'label' = {label} is out of range: the template has {len(choices)} answer choices")
   return parts[0], parts[1], choices

@@ -1,6 +1,7 @@
 """Position information: T5 relative position bias and rotary embeddings (RoPE)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -34,6 +35,15 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool,
   return bucket + jnp.where(is_small, n, large)
 
 
+def relative_bias(table: jax.Array, q_pos: jax.Array, k_pos: jax.Array, *, bidirectional: bool,
+                  num_buckets: int, max_distance: int, dtype=jnp.float32) -> jax.Array:
+  """table [heads, buckets], q_pos [b, Tq], k_pos [Tk] -> bias [b, heads, Tq, Tk]."""
+  rel = k_pos[None, None, :] - q_pos[:, :, None]
+  buckets = relative_position_bucket(rel, bidirectional, num_buckets, max_distance)
+  bias = jnp.take(jnp.asarray(table, dtype), buckets, axis=1)  # [H, b, Tq, Tk]
+  return jnp.transpose(bias, (1, 0, 2, 3))
+
+
 class RelativePositionBias(nn.Module):
   """One learned scalar per (head, bucket), shared by all layers of a stack."""
   num_heads: int
@@ -43,16 +53,23 @@ class RelativePositionBias(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    self.rel_embedding = self.param(
+        "rel_embedding", nn.with_logical_partitioning(nn.initializers.normal(0.1), ("heads", "relpos_buckets")),
+        (self.num_heads, self.num_buckets), self.param_dtype)
+
+  def table(self) -> jax.Array:
+    """The [heads, buckets] table (scanned layers compute their bias from it)."""
+    return self.rel_embedding
+
+  def bias_fn(self, table: jax.Array):
+    """(q_pos, k_pos) -> bias, a pure function of `table`."""
+    return functools.partial(relative_bias, table, bidirectional=self.bidirectional,
+                             num_buckets=self.num_buckets, max_distance=self.max_distance, dtype=self.dtype)
+
   def __call__(self, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
     """q_pos [b, Tq] (b may be 1), k_pos [Tk] -> bias [b, heads, Tq, Tk]."""
-    table = self.param("rel_embedding",
-                       nn.with_logical_partitioning(nn.initializers.normal(0.1), ("heads", "relpos_buckets")),
-                       (self.num_heads, self.num_buckets), self.param_dtype)
-    rel = k_pos[None, None, :] - q_pos[:, :, None]
-    buckets = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
-    bias = jnp.take(jnp.asarray(table, self.dtype), buckets, axis=1)  # [H, b, Tq, Tk]
-    return jnp.transpose(bias, (1, 0, 2, 3))
+    return self.bias_fn(self.rel_embedding)(q_pos, k_pos)
 
 
 def rope_frequencies(head_dim: int, theta: float) -> np.ndarray:

@@ -30,6 +30,8 @@ class T5Config:
   pad_id: int = 0
   eos_id: int = 1
   decoder_start_id: int = 0
+  scan_layers: bool = False  # nn.scan over each stack (see layer_stack.py)
+  remat_policy: str = "none"  # "none" | "minimal" | "full"
 
   @property
   def family(self) -> str:
@@ -56,6 +58,8 @@ class DecoderConfig:
   pad_id: int = 0
   bos_id: Optional[int] = 1
   eos_id: int = 2
+  scan_layers: bool = False
+  remat_policy: str = "none"
 
   @property
   def family(self) -> str:
@@ -69,18 +73,19 @@ class DecoderConfig:
 ModelConfig = Union[T5Config, DecoderConfig]
 
 
-def _t5_1_1(d_model, d_ff, num_heads, num_layers):
+def _t5_1_1(d_model, d_ff, num_heads, num_layers, scan_layers=False):
   return T5Config(d_model=d_model, d_ff=d_ff, num_heads=num_heads, d_kv=64,
-                  num_encoder_layers=num_layers, num_decoder_layers=num_layers)
+                  num_encoder_layers=num_layers, num_decoder_layers=num_layers, scan_layers=scan_layers)
 
 
 PRESETS: dict[str, ModelConfig] = {
     # T5 v1.1 / T5 v1.1 LM-adapted (identical architectures).
     "t5_1_1_small": _t5_1_1(512, 1024, 6, 8),
     "t5_1_1_base": _t5_1_1(768, 2048, 12, 12),
-    "t5_1_1_large": _t5_1_1(1024, 2816, 16, 24),
-    "t5_1_1_xl": _t5_1_1(2048, 5120, 32, 24),
-    "t5_1_1_xxl": _t5_1_1(4096, 10240, 64, 24),
+    # The 24-layer sizes scan their layers (one layer compiled, not 24).
+    "t5_1_1_large": _t5_1_1(1024, 2816, 16, 24, scan_layers=True),
+    "t5_1_1_xl": _t5_1_1(2048, 5120, 32, 24, scan_layers=True),
+    "t5_1_1_xxl": _t5_1_1(4096, 10240, 64, 24, scan_layers=True),
     # Original T5 (1.0): ReLU FFN, tied and rescaled output head.
     "t5_small": T5Config(d_model=512, d_ff=2048, num_heads=8, num_encoder_layers=6,
                          num_decoder_layers=6, mlp_variant="relu", tie_word_embeddings=True,
@@ -91,9 +96,9 @@ PRESETS: dict[str, ModelConfig] = {
     # A T5 v1.1-shaped model small enough for CPU demos and tests.
     "t5_1_1_tiny": T5Config(d_model=64, d_ff=128, num_heads=4, d_kv=16, num_encoder_layers=2,
                             num_decoder_layers=2),
-    "llama2_7b": DecoderConfig(),
+    "llama2_7b": DecoderConfig(scan_layers=True),
     "llama3_8b": DecoderConfig(vocab_size=128256, d_ff=14336, num_kv_heads=8, rope_theta=500000.0,
-                               max_position_embeddings=8192, bos_id=128000, eos_id=128001),
+                               max_position_embeddings=8192, bos_id=128000, eos_id=128001, scan_layers=True),
     "llama_tiny": DecoderConfig(vocab_size=512, d_model=64, d_ff=128, num_layers=2, num_heads=4,
                                 num_kv_heads=2, max_position_embeddings=512),
 }

@@ -13,7 +13,7 @@ from moe_jax.layers.dense import DenseGeneral
 from moe_jax.layers.embeddings import Embed
 from moe_jax.layers.mlp import MLP
 from moe_jax.layers.norms import RMSNorm
-from moe_jax.models import masks
+from moe_jax.models import layer_stack, masks
 from moe_jax.models.configs import DecoderConfig
 from moe_jax.peft import sites
 
@@ -26,9 +26,12 @@ class DecoderOnlyLayer(nn.Module):
   config: DecoderConfig
   adapters: sites.Adapters
   layer: int = 0
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, x, ctx: sites.AdapterContext, *, mask, positions, decode, prompt_mask):
+  def __call__(self, x, ctx: sites.AdapterContext, mask, positions, prompt_mask):
+    """Positional arguments and an (x, None) result, so it can be scanned."""
+    decode = self.decode
     c = self.config
     dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     path = f"decoder/layer_{self.layer}"
@@ -48,7 +51,7 @@ class DecoderOnlyLayer(nn.Module):
     h = MLP(d_ff=c.d_ff, variant="swiglu", dropout_rate=c.dropout_rate, dtype=dtype,
             param_dtype=pdtype, kernel_init=_INIT, adapters=self.adapters,
             site_path=f"{path}/mlp", stack="decoder", layer=self.layer, name="mlp")(h, ctx)
-    return x + drop(h, deterministic=ctx.deterministic)
+    return x + drop(h, deterministic=ctx.deterministic), None
 
 
 class DecoderOnlyTransformer(nn.Module):
@@ -86,10 +89,9 @@ class DecoderOnlyTransformer(nn.Module):
     mask = None
     if not decode:
       mask = masks.causal_mask(length) & masks.segment_mask(decoder_segment_ids, decoder_segment_ids)
-    for i in range(c.num_layers):
-      x = DecoderOnlyLayer(c, self.adapters, layer=i, name=f"layers_{i}")(
-          x, ctx, mask=mask, positions=decoder_positions, decode=decode,
-          prompt_mask=token_mask if prompt_mask is None else prompt_mask)
+    x = layer_stack.apply(DecoderOnlyLayer, c, c.num_layers, x,
+                          (ctx, mask, decoder_positions, token_mask if prompt_mask is None else prompt_mask),
+                          dict(config=c, adapters=self.adapters, decode=decode))
     x = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="decoder_norm")(x)
     x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     if c.tie_word_embeddings:

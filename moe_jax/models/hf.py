@@ -23,7 +23,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from moe_jax.models import safetensors_io
+from moe_jax.models import layer_layout, safetensors_io
 from moe_jax.models.api import BaseModel, build_model
 from moe_jax.models.configs import DecoderConfig, ModelConfig, T5Config
 from moe_jax.peft import sites
@@ -314,10 +314,12 @@ def _read_all_tensors(path: str) -> dict[str, tuple[np.ndarray, str]]:
 
 
 def load_hf_checkpoint(path: str, dtype: Any = "float32", *, activation_dtype: Any = None,
-                       adapters: sites.Adapters = sites.NO_ADAPTERS, **model_kwargs):
+                       adapters: sites.Adapters = sites.NO_ADAPTERS, scan_layers: bool = False,
+                       **model_kwargs):
   """Loads a local HF checkpoint directory; returns (model, params).
 
   `dtype` is the parameter dtype; activations default to the same dtype.
+  `scan_layers` builds the scanned model and stacks the layers' weights.
   `adapters` builds the model with a PEFT method attached (its parameters are
   not in the checkpoint: initialise them separately).
   """
@@ -352,17 +354,68 @@ def load_hf_checkpoint(path: str, dtype: Any = "float32", *, activation_dtype: A
       raise CheckpointError(f"{tensors[alias][1]}: tensor {alias!r} differs from {canonical!r}, "
                             "but the config ties them")
 
+  host = _host_params(config, table, tensors)
+  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x[...], dtype), host,
+                                  is_leaf=lambda x: isinstance(x, LazyTensor))
+  if scan_layers:
+    config = dataclasses.replace(config, scan_layers=True)
+    params = layer_layout.stack_layers(params)
+  model = build_model(config, adapters, **model_kwargs)
+  _check_against_model(model, params, path)
+  return model, params
+
+
+class LazyTensor:
+  """A checkpoint tensor in our layout, read from the (memory-mapped) file only
+  when sliced, one tensor at a time: placing it into shards
+  (`checkpoints.place_like`) never holds the whole backbone in host memory."""
+
+  def __init__(self, array: np.ndarray, to_ours: Callable, shape: tuple):
+    self._array, self._to_ours, self.shape = array, to_ours, tuple(shape)
+    self._cached = None
+    self.dtype = np.dtype(np.float32)
+
+  def __getitem__(self, idx):
+    if self._cached is None:  # the shards of one tensor are read one after another
+      self._cached = np.asarray(self._to_ours(np.asarray(self._array, np.float32)))
+    out = self._cached[idx]
+    if idx is Ellipsis or out.shape == self.shape:
+      self.release()  # a full read: nothing more will be asked of this tensor
+    return out
+
+  def release(self):
+    """Drop the transformed copy (after the last shard was read)."""
+    self._cached = None
+
+
+def _host_params(config, table, tensors) -> dict:
   flat = {}
   for t in table:
     arr, file = tensors[t.hf_key]
     if tuple(arr.shape) != t.hf_shape:
       raise CheckpointError(f"{file}: tensor {t.hf_key!r} has shape {tuple(arr.shape)}, "
                             f"config.json implies {t.hf_shape}")
-    flat[t.path] = jnp.asarray(t.to_ours(np.asarray(arr, np.float32)), dtype)
-  params = traverse_util.unflatten_dict(flat)
-  model = build_model(config, adapters, **model_kwargs)
-  _check_against_model(model, params, path)
-  return model, params
+    ours_shape = np.empty(t.hf_shape, np.bool_)  # shape bookkeeping without reading the data
+    flat[t.path] = LazyTensor(arr, t.to_ours, t.to_ours(ours_shape).shape)
+  return traverse_util.unflatten_dict(flat)
+
+
+def read_hf_params(path: str) -> dict:
+  """The backbone parameters of an HF checkpoint directory, unrolled, as
+  `LazyTensor`s (nothing read yet): for loading into a sharded model."""
+  cfg_file = os.path.join(path, "config.json")
+  try:
+    with open(cfg_file) as f:
+      hf_cfg = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{cfg_file}: {e}") from None
+  tensors = _read_all_tensors(path)
+  config = _resolve_head_tying(config_from_hf(hf_cfg, cfg_file, "float32", "float32"), tensors)
+  table, _ = tensor_table(config)
+  missing = sorted({t.hf_key for t in table} - set(tensors))
+  if missing:
+    raise CheckpointError(f"{path}: missing tensor(s) {missing[:5]}")
+  return _host_params(config, table, tensors)
 
 
 def _resolve_head_tying(config: ModelConfig, tensors) -> ModelConfig:
@@ -408,7 +461,7 @@ def save_hf_checkpoint(model: BaseModel, params, path: str, *, overwrite: bool =
   """
   config = model.config
   table, _ = tensor_table(config)
-  flat = {k: v for k, v in traverse_util.flatten_dict(params).items()}
+  flat = {k: v for k, v in traverse_util.flatten_dict(layer_layout.unstack_layers(params)).items()}
   expected = {t.path for t in table}
   extra = sorted("/".join(k) for k in set(flat) - expected)
   if extra:

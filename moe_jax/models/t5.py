@@ -6,6 +6,7 @@ scaling and no biases. Every projection is an adapter site (see peft/sites.py).
 """
 from __future__ import annotations
 
+import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -15,8 +16,8 @@ from moe_jax.layers.dense import DenseGeneral
 from moe_jax.layers.embeddings import Embed
 from moe_jax.layers.mlp import MLP, VARIANTS
 from moe_jax.layers.norms import RMSNorm
-from moe_jax.layers.position import RelativePositionBias
-from moe_jax.models import masks
+from moe_jax.layers.position import RelativePositionBias, relative_bias
+from moe_jax.models import layer_stack, masks
 from moe_jax.models.configs import T5Config
 from moe_jax.peft import sites
 
@@ -70,10 +71,12 @@ class _Block(nn.Module):
 
 
 class EncoderLayer(_Block):
+  """Positional arguments and an (x, None) result, so it can be scanned."""
   stack: str = "encoder"
 
   @nn.compact
-  def __call__(self, x, ctx: sites.AdapterContext, *, mask, bias_fn):
+  def __call__(self, x, ctx: sites.AdapterContext, mask, bias):
+    bias_fn = lambda *_: bias
     info = self._layer_info(self.config.num_encoder_layers, ("self_attention",))
     layer_input = sites.LayerInput(x, ctx.token_mask, segment_ids=ctx.segment_ids)
     ctx = sites.apply_layer_hook(self.adapters, info, layer_input, ctx)
@@ -81,15 +84,26 @@ class EncoderLayer(_Block):
     h = self._attention("attention", "self_attention")(h, h, ctx, mask=mask, bias_fn=bias_fn)
     x = x + self._dropout(h, ctx)
     h = self._mlp()(self._norm("pre_mlp_layer_norm")(x), ctx)
-    return x + self._dropout(h, ctx)
+    return x + self._dropout(h, ctx), None
 
 
 class DecoderLayer(_Block):
+  """`bias` [1, H, T, T] in training; in cached decoding (`decode`) the bias
+  is computed from the shared `relpos_table` at each step's positions."""
   stack: str = "decoder"
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, x, ctx: sites.AdapterContext, *, encoded, encoded_mask, self_mask,
-               cross_mask, bias_fn, positions, decode):
+  def __call__(self, x, ctx: sites.AdapterContext, encoded, encoded_mask, self_mask, cross_mask, bias,
+               relpos_table, positions):
+    decode = self.decode
+    c = self.config
+    if decode:
+      bias_fn = functools.partial(relative_bias, relpos_table, bidirectional=False,
+                                  num_buckets=c.relative_attention_num_buckets,
+                                  max_distance=c.relative_attention_max_distance, dtype=jnp.dtype(c.dtype))
+    else:
+      bias_fn = lambda *_: bias
     info = self._layer_info(self.config.num_decoder_layers, ("self_attention", "cross_attention"))
     layer_input = sites.LayerInput(x, ctx.token_mask, encoded, encoded_mask, ctx.segment_ids,
                                    ctx.encoded_segment_ids)
@@ -103,7 +117,7 @@ class DecoderLayer(_Block):
         h, encoded, ctx, mask=cross_mask, decode=decode)  # decode: keys/values cached at prefill
     x = x + self._dropout(h, ctx)
     h = self._mlp()(self._norm("pre_mlp_layer_norm")(x), ctx)
-    return x + self._dropout(h, ctx)
+    return x + self._dropout(h, ctx), None
 
 
 def _relpos(cfg: T5Config, bidirectional: bool) -> RelativePositionBias:
@@ -125,9 +139,8 @@ class Encoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=ctx.deterministic)
     mask = masks.padding_mask(None, tokens > 0) & masks.segment_mask(segment_ids, segment_ids)
     bias = _relpos(cfg, True)(jnp.arange(length)[None], jnp.arange(length))
-    for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, self.adapters, layer=i, name=f"layers_{i}")(
-          x, ctx, mask=mask, bias_fn=lambda *_: bias)
+    x = layer_stack.apply(EncoderLayer, cfg, cfg.num_encoder_layers, x, (ctx, mask, bias),
+                          dict(config=cfg, adapters=self.adapters))
     x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype),
                 name="encoder_norm")(x)
     return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=ctx.deterministic)
@@ -151,17 +164,15 @@ class Decoder(nn.Module):
     cross_mask = masks.padding_mask(None, encoded_mask) & masks.segment_mask(decoder_segment_ids,
                                                                              encoder_segment_ids)
     if decode:
-      self_mask, bias_fn = None, relpos  # the KV cache builds the causal mask from positions
+      self_mask, bias, table = None, None, relpos.table()  # the KV cache builds the causal mask
     else:
       self_mask = masks.causal_mask(length) & masks.segment_mask(decoder_segment_ids, decoder_segment_ids)
       if decoder_target_tokens is not None:
         self_mask = self_mask & masks.padding_mask(None, decoder_target_tokens > 0)
-      bias = relpos(jnp.arange(length)[None], jnp.arange(length))
-      bias_fn = lambda *_: bias
-    for i in range(cfg.num_decoder_layers):
-      x = DecoderLayer(cfg, self.adapters, layer=i, name=f"layers_{i}")(
-          x, ctx, encoded=encoded, encoded_mask=encoded_mask, self_mask=self_mask,
-          cross_mask=cross_mask, bias_fn=bias_fn, positions=positions, decode=decode)
+      bias, table = relpos(jnp.arange(length)[None], jnp.arange(length)), None
+    x = layer_stack.apply(DecoderLayer, cfg, cfg.num_decoder_layers, x,
+                          (ctx, encoded, encoded_mask, self_mask, cross_mask, bias, table, positions),
+                          dict(config=cfg, adapters=self.adapters, decode=decode))
     x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype),
                 name="decoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=ctx.deterministic)

@@ -215,7 +215,8 @@ def route_by_vote(model, params, batch, rule: str = "majority"):
   moa: MoA = model.adapters
   probe = type(model)(model.config, dataclasses.replace(moa, mode="per_layer"))
   _, stats = probe._apply(params, batch, mutable=(sites.ROUTER_STATS_COLLECTION,))
-  flat = traverse_util.flatten_dict(stats[sites.ROUTER_STATS_COLLECTION])
+  from moe_jax.models import layer_layout
+  flat = traverse_util.flatten_dict(layer_layout.unstack_layers(stats[sites.ROUTER_STATS_COLLECTION]))
   layers = sorted((k for k in flat if k[-1] == "domain_logits"), key=_layer_order)
   choices = np.stack([np.argmax(np.asarray(flat[k][0]), -1) for k in layers], 0)  # [L, B]
   if rule == "last":

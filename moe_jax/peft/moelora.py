@@ -121,6 +121,9 @@ class MOELoRA(sites.Adapters):
 
   def merge_task(self, params, task_id: int):
     """Backbone params with task `task_id`'s weights folded in (no adapters left)."""
+    from moe_jax.models import layer_layout
+    if layer_layout.is_scanned(params):  # merge layer by layer, then stack back
+      return layer_layout.stack_layers(self.merge_task(layer_layout.unstack_layers(params), task_id))
     gate_key = next((k for k in GATE_NAMES if k in params), None)
     if gate_key is None:
       raise KeyError(f"no MOELoRA gate in params (looked for {GATE_NAMES})")

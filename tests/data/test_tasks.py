@@ -99,5 +99,5 @@ def test_bad_jsonl_names_file_line_and_field(tmp_path, monkeypatch):
   row = json.loads(good)
   del row["hypothesis"]
   (d / "validation.jsonl").write_text(good + json.dumps(row) + "\n")
-  with pytest.raises(Exception, match=r"cb/validation.jsonl:2: missing field 'hypothesis' needed by template"):
+  with pytest.raises(Exception, match=r"cb/validation.jsonl:2: missing field 'hypothesis'"):
     _rows("super_glue_cb_GPT_3_style", "validation", 5)

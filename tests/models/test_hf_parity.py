@@ -1,7 +1,8 @@
 """moe-jax backbones against transformers (PyTorch, CPU) on random weights.
 
 Tolerances: logits 1e-4 absolute (float32); summed log-likelihoods 1e-4
-relative; greedy tokens exactly equal.
+relative; greedy tokens exactly equal. Every check runs on the unrolled
+layout and, for T5 v1.1 and Llama, on the scanned one (`:scanned`).
 """
 import jax
 import jax.numpy as jnp
@@ -36,11 +37,14 @@ SEQ = ref.padded([list(RNG.randint(3, 96, 12)), list(RNG.randint(3, 96, 5)), lis
 
 class Case:
   def __init__(self, name, tmp_path_factory):
-    self.family, cfg = CONFIGS[name]
+    config_name, _, layout = name.partition(":")
+    self.scanned = layout == "scanned"
+    self.family, cfg = CONFIGS[config_name]
     factory = ref.t5_model if self.family == "t5" else ref.llama_model
     self.hf = factory(seed=1, **cfg)
-    self.dir = ref.save(self.hf, tmp_path_factory.mktemp(name) / "hf")
-    self.model, self.params = load_hf_checkpoint(self.dir)
+    self.dir = ref.save(self.hf, tmp_path_factory.mktemp(config_name) / "hf")
+    self.model, self.params = load_hf_checkpoint(self.dir, scan_layers=self.scanned)
+    assert self.model.config.scan_layers == self.scanned
 
   def batch(self):
     if self.family == "t5":
@@ -61,7 +65,7 @@ class Case:
     return out.logits.float().numpy()
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
+@pytest.fixture(scope="module", params=sorted(CONFIGS) + ["t5_v1_1:scanned", "llama_gqa:scanned"])
 def case(request, tmp_path_factory):
   return Case(request.param, tmp_path_factory)
 
@@ -155,6 +159,6 @@ def test_save_hf_checkpoint_round_trips_through_transformers(case, tmp_path):
     np.testing.assert_allclose(case.hf_logits(batch), original, atol=1e-6)
   finally:
     case.hf = cls.from_pretrained(case.dir).eval()
-  _, params2 = load_hf_checkpoint(out)
+  _, params2 = load_hf_checkpoint(out, scan_layers=case.scanned)
   for a, b in zip(jax.tree_util.tree_leaves(case.params), jax.tree_util.tree_leaves(params2)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

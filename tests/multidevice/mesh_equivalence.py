@@ -28,7 +28,7 @@ axes = model.param_logical_axes(batches[0])
 def run(mesh):
   # Adafactor divides by RMS(grad): reduction-order noise on ~0 gradients becomes
   # steps of size ~lr, so a small lr keeps the 1e-5 comparison meaningful.
-  losses, placed = sharded_steps.run(model, params, axes, batches, mesh, learning_rate=1e-4)
+  losses, placed, _ = sharded_steps.run(model, params, axes, batches, mesh, learning_rate=1e-4)
   return losses, jax.device_get(placed), placed
 
 

@@ -1,23 +1,31 @@
 """The train steps both multi-device scripts take: the trainer's own code path."""
 import jax
+import numpy as np
 
 from moe_jax import partitioning, trainer
 from moe_jax.peft.trainable import trainable_mask
 
 
 def run(model, params, axes, batches, mesh, learning_rate):
-  """Places params by the logical-axis rules on `mesh` and takes one step per batch.
-  Returns (losses, updated trainable params as placed)."""
+  """Places params by the logical-axis rules on `mesh` and takes one step per batch,
+  each host feeding only its rows. Returns (losses, updated trainable params as
+  placed, per step the first tokens of the rows this host's devices hold)."""
   part = partitioning.Partitioner(mesh)
   tr, fr = trainer.split_params(params, trainable_mask(params))
   tr_axes, fr_axes = trainer._subtree(axes, tr), trainer._subtree(axes, fr)
   step = trainer.TrainStep(model, part, tr_axes, learning_rate=learning_rate)
-  losses = []
+  losses, host_rows = [], []
   with part.context():
     tr = jax.device_put(tr, part.param_shardings(tr_axes))
     fr = jax.device_put(fr, part.param_shardings(fr_axes))
     opt = step.init_opt_state(tr)
     for i, b in enumerate(batches):
-      tr, opt, m = step(tr, fr, opt, part.shard_batch(b), jax.random.key(i))
+      n = len(next(iter(b.values())))
+      first, rows = part.host_batch_rows(n)  # this host feeds only its own rows
+      local = {k: v[first:first + rows] for k, v in b.items()}
+      sharded = part.shard_batch(local, n)
+      host_rows.append(sorted({int(v) for sh in sharded["encoder_input_tokens"].addressable_shards
+                               for v in np.asarray(sh.data)[:, 0]}))
+      tr, opt, m = step(tr, fr, opt, sharded, jax.random.key(i))
       losses.append(float(m["loss"]))
-  return losses, tr
+  return losses, tr, host_rows

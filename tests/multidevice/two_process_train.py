@@ -3,9 +3,10 @@
     python two_process_train.py PORT PROCESS_ID   # run twice, ids 0 and 1
     python two_process_train.py single            # the same steps in one process
 
-Both processes take the same global batches (each keeps its half on its
-device, as on a multi-host pod); the model axis spans the two processes too
-(mesh (1, 2)) in the second phase. Prints the losses as JSON.
+Each process feeds only its rows of the global batches (its half with mesh
+(2, 1); all rows with mesh (1, 2), where the model axis spans the two
+processes). Prints the losses, the trained parameters and the rows each host
+held, as JSON, to $TWO_PROCESS_OUT.<process id or "single">.
 """
 import json
 import os
@@ -32,15 +33,30 @@ rng = np.random.RandomState(0)  # same seed everywhere: every process holds the 
 batches = [{"encoder_input_tokens": rng.randint(2, 64, (4, 10)).astype(np.int32),
             "decoder_input_tokens": rng.randint(2, 64, (4, 5)).astype(np.int32),
             "decoder_target_tokens": rng.randint(2, 64, (4, 5)).astype(np.int32)} for _ in range(3)]
+for b in batches:  # row r starts with token 2 + r: which rows a host holds is visible
+  b["encoder_input_tokens"][:, 0] = 2 + np.arange(4)
 params = jax.device_get(model.init(jax.random.key(0), batches[0]))
 axes = model.param_logical_axes(batches[0])
 
 
 def run(mesh):
-  return sharded_steps.run(model, params, axes, batches, mesh, learning_rate=1e-3)[0]
+  losses, trainable, rows = sharded_steps.run(model, params, axes, batches, mesh, learning_rate=1e-3)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    trainable = multihost_utils.process_allgather(trainable, tiled=True)
+  flat = np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree_util.tree_leaves(trainable)])
+  return {"losses": losses, "params": flat.tolist(), "host_rows": rows}
 
 
 n = jax.device_count()
-print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(), "devices": n,
-                  "data_parallel": run(partitioning.make_mesh(n, 1)),
-                  "model_parallel": run(partitioning.make_mesh(1, n))}), flush=True)
+result = {"process": jax.process_index(), "processes": jax.process_count(), "devices": n,
+          "data_parallel": run(partitioning.make_mesh(n, 1)),
+          "model_parallel": run(partitioning.make_mesh(1, n))}
+# To a file: ~80 KB on a pipe would block one process while the test drains the other.
+with open(os.environ["TWO_PROCESS_OUT"] + f".{jax.process_index() if sys.argv[1] != 'single' else 'single'}",
+          "w") as f:
+  json.dump(result, f)
+if jax.process_count() > 1:  # leave together: a peer that exits first aborts the other's disconnect
+  from jax.experimental import multihost_utils
+  multihost_utils.sync_global_devices("done")
+  jax.distributed.shutdown()

@@ -49,3 +49,40 @@ def test_expert_plot_from_router_probabilities(tmp_path):
   assert plots.short_name("decoder/layers_1/encoder_decoder_attention/k_adapter") == "dec 1 cross k"
   with pytest.raises(ValueError, match="no router statistics"):
     plots.expert_heatmaps({"rte": {}}, str(tmp_path / "q.png"))
+
+
+def test_read_log_drops_a_torn_line_and_later_steps(tmp_path):
+  path = tmp_path / "train_metrics.jsonl"
+  path.write_bytes(b'{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n\n{"step": 3, "loss": 1.2}\n{"step": 4, "lo')
+  keep, dropped = metrics.read_log(str(path), up_to_step=2)
+  assert [json.loads(l)["step"] for l in keep] == [1, 2]
+  assert [n for n, _ in dropped] == [5] and "JSONDecodeError" in dropped[0][1]
+  assert path.read_bytes().endswith(b'"lo')  # reading changes nothing
+  metrics.write_log(str(path), keep)
+  assert [json.loads(l)["step"] for l in open(path)] == [1, 2]
+  assert metrics.read_log(str(tmp_path / "absent.jsonl"), 5) == ([], [])
+
+
+def test_eval_progress_counts_datasets_templates_and_eta():
+  import io
+
+  from moe_jax.data.rank_eval import EvalDataset
+  from moe_jax.evaluation import EvalProgress
+  suite = [EvalDataset("a", ["a1", "a2"], True), EvalDataset("gone", ["g1"], False),
+           EvalDataset("b", ["b1", "b2"], True)]
+  now = [0.0]
+  out = io.StringIO()
+  p = EvalProgress(suite, every=10.0, out=out, clock=lambda: now[0])
+  for t, name in ((0.0, "a1"), (2.0, "a2"), (4.0, "b1"), (20.0, "b2")):
+    now[0] = t
+    p(name)
+  now[0] = 30.0
+  p.finish()
+  lines = out.getvalue().splitlines()
+  assert lines == [
+      "eval: 0/2 datasets, 0/4 templates done | 0s | ETA - | scoring a",
+      # a dataset starts: 2 of 4 templates in 4 s -> 4 s to go
+      "eval: 1/2 datasets, 2/4 templates done | 4s | ETA 4s | scoring b",
+      # 10 s since the last line within b
+      "eval: 1/2 datasets, 3/4 templates done | 20s | ETA 7s | scoring b",
+      "eval: 2/2 datasets, 4/4 templates done in 30s"]

@@ -124,3 +124,12 @@ def test_factored_view_leaves_updates_in_the_parameter_shape():
   flat = {"w": params["w"].reshape(256, 256)}
   ref_updates, _ = ref.update({"w": g.reshape(256, 256)}, ref.init(flat), flat)
   np.testing.assert_allclose(updates["w"].reshape(256, 256), ref_updates["w"], rtol=1e-6)
+
+
+def test_scanned_kernels_keep_per_layer_factored_statistics():
+  # A scanned stack [layers, embed, heads, kv]: t5x's BATCH dim, one factored
+  # (embed x heads*kv) statistic per layer.
+  assert optim.factored_shape((24, 256, 4, 64), P("layers", "embed", "heads", "kv")) == (24, 256, 256)
+  params = {"w": jnp.ones((3, 256, 4, 64))}
+  state = optim.adafactor(1e-3, {"w": P("layers", "embed", "heads", "kv")}).init(params)
+  assert _second_moments(state)["w"] == ((3, 256), (3, 256), (1,))

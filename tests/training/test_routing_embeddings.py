@@ -58,7 +58,7 @@ def test_embedding_routed_mov_trains_and_routes_by_template(tmp_path, two_templa
     assert [str(n) for n in f["names"]][:1] and f["table"].shape[1] == model.config.d_model
   from moe_jax import checkpoints
   trained = checkpoints.load_params(os.path.join(run, "checkpoints"))
-  fresh = model.init(jax.random.key(0))
+  fresh = jax.jit(lambda r: model.init(r, model._dummy_batch()))(jax.random.key(0))  # as the trainer
   kernel = ("encoder", "layers_0", "mlp", "ffn_hidden_adapter", "router", "kernel")
   moved = traverse_util.flatten_dict(trained)[kernel] - traverse_util.flatten_dict(fresh)[kernel]
   assert float(np.abs(moved).max()) > 1e-3  # the router was trained on the embeddings

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from moe_jax.models import hf
+from moe_jax.models import hf, layer_layout
 from moe_jax.models.api import build_model
 from moe_jax.models.configs import T5Config
 from moe_jax.models.t5x import layout
@@ -38,6 +38,8 @@ def load_t5x_checkpoint(path: Union[str, T5XCheckpoint], config: Optional[T5Conf
   act = jnp.dtype(activation_dtype or (config.dtype if given else dtype)).name
   config = dataclasses.replace(config, param_dtype=dtype, dtype=act)
   params = _read_params(ckpt, config, dtype)
+  if config.scan_layers:  # T5X stores layers unrolled
+    params = layer_layout.stack_layers(params)
   model = build_model(config, adapters, **model_kwargs)
   hf._check_against_model(model, params, ckpt.file)
   logging.info("T5X checkpoint %s: step %s, %s", ckpt.file, ckpt.step, config)
