@@ -3,15 +3,13 @@ gin-configurable `export` that `python -m moe_jax.export` runs; see there)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Optional, Sequence
 
 import gin
 import numpy as np
 from flax import traverse_util
 
-from moe_jax import gin_utils
+from moe_jax import fs, gin_utils
 
 ADAPTERS_FILE = "adapters.safetensors"
 
@@ -21,30 +19,29 @@ def save_adapters(trainable: dict, path: str, metadata: Optional[dict] = None) -
   from moe_jax.models import safetensors_io
   flat = traverse_util.flatten_dict(trainable)
   tensors = {"/".join(k): np.asarray(v, np.float32) for k, v in flat.items()}
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fs.makedirs(fs.dirname(fs.normalize(path)))
   tmp = path + ".tmp"
   safetensors_io.save(tmp, tensors, {"format": "moe-jax-adapters", **(metadata or {})})
-  os.replace(tmp, path)
+  fs.replace(tmp, path)
   return path
 
 
 def load_adapters(path: str) -> dict:
   """The nested parameter dict written by `save_adapters`."""
   from moe_jax.models import safetensors_io
-  if not os.path.exists(path):
+  if not fs.exists(path):
     raise FileNotFoundError(f"{path}: no adapter file")
   return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in safetensors_io.load(path).items()})
 
 
 def _task_ids(checkpoint_path: str) -> dict:
-  run_dir = os.path.abspath(checkpoint_path)
-  while run_dir != "/" and not os.path.exists(os.path.join(run_dir, "ids.json")):
-    run_dir = os.path.dirname(run_dir)
-  path = os.path.join(run_dir, "ids.json")
-  if not os.path.exists(path):
+  run_dir = fs.normalize(checkpoint_path)
+  while not fs.exists(fs.join(run_dir, "ids.json")) and fs.dirname(run_dir) != run_dir:
+    run_dir = fs.dirname(run_dir)
+  path = fs.join(run_dir, "ids.json")
+  if not fs.exists(path):
     raise FileNotFoundError(f"no ids.json in {checkpoint_path} or its parents (the run's task ids)")
-  with open(path) as f:
-    return json.load(f)["task_ids"]
+  return json.loads(fs.read_text(path))["task_ids"]
 
 
 def check_merge(model, task_ids: dict, merge_tasks: Sequence[str]) -> None:
@@ -63,7 +60,7 @@ def merged_exports(model, params, task_ids: dict, merge_tasks: Sequence[str], ou
   check_merge(model, task_ids, merge_tasks)
   plain = build_model(model.config)
   return [save_hf_checkpoint(plain, model.adapters.merge_task(params, task_ids[t]),
-                             os.path.join(out_dir, "merged", t), overwrite=True) for t in merge_tasks]
+                             fs.join(out_dir, "merged", t), overwrite=True) for t in merge_tasks]
 
 
 @gin.configurable
@@ -84,19 +81,27 @@ def export(checkpoint_path: str = gin.REQUIRED, export_dir: str = gin.REQUIRED,
     task_ids = _task_ids(checkpoint_path)
     check_merge(model, task_ids, merge_tasks)
   state = checkpoints.load_state(checkpoint_path)
-  params = checkpoints.params_of(state)  # one restore serves both outputs
   # A checkpoint of another model or method would export silently wrong weights.
   import flax.linen as nn
-  checkpoints.check_compatible(nn.unbox(model.abstract_variables()["params"]), params, checkpoint_path)
-  created = not os.path.exists(export_dir)
+  from moe_jax.models import layer_layout
+  abstract = nn.unbox(model.abstract_variables()["params"])
+  checkpoints.check_compatible(abstract, layer_layout.match_layout(
+      checkpoints.params_of(state) if "frozen" in state else state["trainable"], abstract), checkpoint_path)
+  params = checkpoints.params_of(state) if "frozen" in state else None
+  if merge_tasks and params is None:  # the merged backbones need every weight: rebuild the frozen ones
+    import jax
+
+    from moe_jax import weights
+    params, _, _ = weights.load_initial(model, model.init(jax.random.key(0)), checkpoint_path)
+  created = not fs.exists(export_dir)
   try:
-    written = [save_adapters(state["trainable"], os.path.join(export_dir, ADAPTERS_FILE),
+    written = [save_adapters(state["trainable"], fs.join(export_dir, ADAPTERS_FILE),
                              {"step": str(int(state["step"]))})]
     if merge_tasks:
       written += merged_exports(model, params, task_ids, merge_tasks, export_dir)
   except BaseException:
     if created:
-      shutil.rmtree(export_dir, ignore_errors=True)
+      fs.rmtree(export_dir)
     raise
   for w in written:
     print(f"wrote {w}")

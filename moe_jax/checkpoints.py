@@ -1,8 +1,10 @@
 """Orbax checkpoints of a training run: periodic, keep-N, atomic, resumable.
 
-A checkpoint holds the trainable and frozen parameters, the optimizer state,
-the step and how many batches the data pipeline has produced (so a resumed
-run sees the same data order). Orbax writes into a temporary directory and
+A checkpoint holds the trainable parameters, the optimizer state, the step
+and how many batches the data pipeline has produced (so a resumed run sees
+the same data order); with SAVE_FROZEN=True also the frozen parameters.
+Without them, the run's `frozen_source.json` says how to rebuild the
+backbone (`moe_jax/frozen_source.py`). Directories may be local or `gs://`. Orbax writes into a temporary directory and
 renames it when complete, so a run killed mid-save leaves the previous
 checkpoint as the latest loadable one.
 
@@ -17,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
 from typing import NamedTuple, Optional
 
 import jax
@@ -26,14 +26,22 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from moe_jax import fs
+
 
 class CheckpointError(ValueError):
   pass
 
 
+def directory_of(model_dir: str) -> str:
+  """A run's orbax checkpoints folder: MODEL_DIR/checkpoints (local or gs://,
+  which orbax writes itself through TensorStore's GCS driver)."""
+  return fs.join(model_dir, "checkpoints")
+
+
 class Checkpoints:
   def __init__(self, directory: str, keep: int = 3):
-    self.directory = os.path.abspath(directory)
+    self.directory = fs.normalize(directory)
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
@@ -59,9 +67,9 @@ class Resume(NamedTuple):
 
 def step_numbers(directory: str) -> list[int]:
   """The step directories (`<int>`) of a checkpoints folder, oldest first."""
-  if not os.path.isdir(directory):
+  if not fs.isdir(directory):
     return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+  return sorted(int(d) for d in fs.listdir(directory) if d.isdigit() and fs.isdir(fs.join(directory, d)))
 
 
 @contextlib.contextmanager
@@ -78,8 +86,8 @@ def _quiet_orbax():
 
 
 def _item_dir(step_dir: str) -> str:
-  item = os.path.join(step_dir, "default")
-  return item if os.path.exists(item) else step_dir
+  item = fs.join(step_dir, "default")
+  return item if fs.exists(item) else step_dir
 
 
 def _why(e: BaseException) -> str:
@@ -88,24 +96,26 @@ def _why(e: BaseException) -> str:
 
 
 def param_shapes(step_dir: str) -> dict:
-  """{"trainable"|"frozen": {path: shape}} from a step's metadata (no array read)."""
-  if not os.listdir(step_dir):
+  """{"trainable": {path: shape}, "frozen": ... (only if saved)} from a step's
+  metadata (no array read)."""
+  if not fs.listdir(step_dir):
     raise CheckpointError(f"{step_dir}: empty step directory")
   with _quiet_orbax():
     meta = ocp.StandardCheckpointer().metadata(_item_dir(step_dir))
   tree = getattr(meta, "item_metadata", meta)
   tree = getattr(tree, "tree", tree)
-  out = {}
-  for part in ("trainable", "frozen"):
-    if not isinstance(tree, dict) or part not in tree:
-      raise CheckpointError(f"{step_dir}: not a moe-jax training checkpoint (no {part!r})")
-    out[part] = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(tree[part]).items()}
-  return out
+  if not isinstance(tree, dict) or "trainable" not in tree:
+    raise CheckpointError(f"{step_dir}: not a moe-jax training checkpoint (no 'trainable')")
+  return {part: {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(tree[part]).items()}
+          for part in ("trainable", "frozen") if part in tree}
 
 
 def compare_params(saved: dict, expected: dict) -> Optional[str]:
-  """Why the parameter trees differ (first difference), or None."""
+  """Why the parameter trees differ (first difference), or None. A checkpoint
+  without frozen parameters (PEFT-only) is compared on its trainable ones."""
   for part in ("trainable", "frozen"):
+    if part not in saved:
+      continue
     s, e = saved[part], expected[part]
     missing, extra = sorted(set(e) - set(s)), sorted(set(s) - set(e))
     if missing:
@@ -119,7 +129,8 @@ def compare_params(saved: dict, expected: dict) -> Optional[str]:
 
 
 def find_resumable(directory: str, abstract_state: dict, holds: str = "") -> Resume:
-  """The newest loadable step of `directory` restored into `abstract_state`.
+  """The newest loadable step of `directory` restored into `abstract_state`
+  (without "frozen" when the step has none: PEFT-only).
 
   A step whose parameter tree differs from `abstract_state`'s is another
   model or method: CheckpointError (`holds` says what the run directory
@@ -128,7 +139,7 @@ def find_resumable(directory: str, abstract_state: dict, holds: str = "") -> Res
               for p in ("trainable", "frozen")}
   skipped = []
   for step in reversed(step_numbers(directory)):
-    step_dir = os.path.join(directory, str(step))
+    step_dir = fs.join(directory, str(step))
     try:
       saved = param_shapes(step_dir)
     except Exception as e:  # pylint: disable=broad-except  unreadable metadata: a damaged step
@@ -136,12 +147,14 @@ def find_resumable(directory: str, abstract_state: dict, holds: str = "") -> Res
       continue
     differs = compare_params(saved, expected)
     if differs:
-      raise CheckpointError(f"{os.path.dirname(directory)} holds a run of another model or method "
+      raise CheckpointError(f"{fs.dirname(directory)} holds a run of another model or method "
                             f"(checkpoint step {step}: {differs}){holds}; use a new MODEL_DIR or that "
                             "run's configuration")
     try:
       with _quiet_orbax():
-        state = ocp.StandardCheckpointer().restore(_item_dir(step_dir), abstract_state)
+        target = abstract_state if "frozen" in saved else {k: v for k, v in abstract_state.items()
+                                                           if k != "frozen"}
+        state = ocp.StandardCheckpointer().restore(_item_dir(step_dir), target)
     except Exception as e:  # pylint: disable=broad-except  missing or truncated array files
       skipped.append((step, _why(e)))
       continue
@@ -154,46 +167,63 @@ def find_resumable(directory: str, abstract_state: dict, holds: str = "") -> Res
 
 def move_aside(directory: str, step: int, dest: str) -> str:
   """Moves `directory/<step>` to `dest/<step>` (suffixed if taken), out of orbax's view."""
-  os.makedirs(dest, exist_ok=True)
-  target, n = os.path.join(dest, str(step)), 1
-  while os.path.exists(target):
-    target, n = os.path.join(dest, f"{step}.{n}"), n + 1
-  shutil.move(os.path.join(directory, str(step)), target)
+  fs.makedirs(dest)
+  target, n = fs.join(dest, str(step)), 1
+  while fs.exists(target):
+    target, n = fs.join(dest, f"{step}.{n}"), n + 1
+  fs.move(fs.join(directory, str(step)), target)
   return target
 
 
 def load_params(path: str) -> dict:
   """All parameters (trainable and frozen) of a moe-jax checkpoint directory
-  (the run's `checkpoints/` folder or one `<step>` folder in it)."""
+  (the run's `checkpoints/` folder or one `<step>` folder in it) saved with
+  SAVE_FROZEN=True; PEFT-only checkpoints need the model to rebuild the
+  backbone: `moe_jax.weights.load_run_checkpoint`."""
   return params_of(load_state(path))
 
 
 def params_of(state: dict) -> dict:
   """The full parameter tree of a saved state (trainable and frozen merged)."""
+  if "frozen" not in state:
+    raise CheckpointError("this checkpoint holds only the trained parameters (PEFT-only); rebuild the "
+                          "frozen backbone with moe_jax.weights.load_run_checkpoint(model, path)")
   flat = {**traverse_util.flatten_dict(state["frozen"]), **traverse_util.flatten_dict(state["trainable"])}
   return traverse_util.unflatten_dict(flat)
 
 
 def load_state(path: str) -> dict:
-  """The saved state (trainable, frozen, opt_state, step, ...) as host arrays."""
-  path = os.path.abspath(path)
-  if not os.path.exists(path):
+  """The saved state (trainable, opt_state, step, batches_seen and, if it was
+  saved, frozen) as host arrays."""
+  return load_state_at(path)[1]
+
+
+def step_dir_of(path: str) -> str:
+  """A `<step>` directory: `path` itself or the newest step of a checkpoints folder."""
+  path = fs.normalize(path)
+  if not fs.exists(path):
     raise CheckpointError(f"{path}: does not exist")
-  step_dir = path
-  if not os.path.exists(os.path.join(path, "default")) and not os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):
-    steps = sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
-    if not steps:
-      raise CheckpointError(f"{path}: no moe-jax checkpoint (no <step> directories)")
-    step_dir = os.path.join(path, str(steps[-1]))
-  checkpointer = ocp.StandardCheckpointer()
-  item = os.path.join(step_dir, "default")
+  if fs.exists(fs.join(path, "default")) or fs.exists(fs.join(path, "_CHECKPOINT_METADATA")):
+    return path
+  steps = sorted(int(d) for d in fs.listdir(path) if d.isdigit()) if fs.isdir(path) else []
+  if not steps:
+    raise CheckpointError(f"{path}: no moe-jax checkpoint (no <step> directories)")
+  return fs.join(path, str(steps[-1]))
+
+
+def load_state_at(path: str, abstract_state: Optional[dict] = None) -> tuple[str, dict]:
+  """(step directory, state) for `path`; restored into `abstract_state`
+  (shapes, dtypes and shardings: each device reads only its shards) when
+  given, else as host arrays."""
+  step_dir = step_dir_of(path)
   try:
-    state = checkpointer.restore(item if os.path.exists(item) else step_dir)
+    with _quiet_orbax():
+      state = ocp.StandardCheckpointer().restore(_item_dir(step_dir), abstract_state)
   except Exception as e:  # orbax raises many types; the path is what the user needs
     raise CheckpointError(f"{step_dir}: unreadable checkpoint ({type(e).__name__}: {e})") from e
-  if not isinstance(state, dict) or "trainable" not in state or "frozen" not in state:
+  if not isinstance(state, dict) or "trainable" not in state:
     raise CheckpointError(f"{step_dir}: not a moe-jax training checkpoint")
-  return state
+  return step_dir, state
 
 
 def partial_restore(target: dict, source: dict, where: str) -> tuple[dict, list[str]]:

@@ -1,7 +1,6 @@
 """Zero-shot evaluation during and after training: report, table and router plot."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Callable, Optional
@@ -9,7 +8,7 @@ from typing import Callable, Optional
 import gin
 import jax
 
-from moe_jax import plots, validation
+from moe_jax import fs, plots, validation
 
 
 SUITES = ("t0_eval", "commonsense")
@@ -96,7 +95,7 @@ class ZeroShotEvaluator:
                                 decoder_only=model.config.family == "decoder", progress=progress)
     progress.finish()
     report["step"] = step
-    out_dir = os.path.join(self.model_dir, "eval")
+    out_dir = fs.join(self.model_dir, "eval")
     rank_eval.write_report(report, out_dir)
     print(f"\nzero-shot evaluation at step {step}:\n" + rank_eval.markdown(report), flush=True)
     if self.plot:
@@ -121,7 +120,7 @@ class ZeroShotEvaluator:
       batch = with_context(next(converters.batches(ds.take(16), 16)))
       per_task[d.key] = plots.router_probabilities(model, params, batch)
     if any(per_task.values()):
-      path = plots.expert_heatmaps(per_task, os.path.join(out_dir, "expert_probs.png"),
+      path = plots.expert_heatmaps(per_task, fs.join(out_dir, "expert_probs.png"),
                                    f"mean expert probability per task and layer (step {step})")
       print(f"wrote {path}")
 
@@ -129,12 +128,12 @@ class ZeroShotEvaluator:
 @gin.configurable
 def evaluate(checkpoint_path: str = gin.REQUIRED, evaluator=gin.REQUIRED) -> dict:
   """Loads a checkpoint (moe-jax run or HF directory) into the configured model and evaluates it."""
-  from moe_jax import gin_utils, trainer
+  from moe_jax import gin_utils, weights
   import tasks  # noqa: F401  registers the seqio tasks
   validation.existing_path(validation.setting("evaluate", "checkpoint_path"), checkpoint_path)
   model = gin_utils.model()
   params = model.init(jax.random.key(0))
-  params, fresh, _ = trainer._load_initial(model, params, checkpoint_path)
+  params, fresh, _ = weights.load_initial(model, params, checkpoint_path)
   if fresh:
     print(f"note: {len(fresh)} parameters are not in {checkpoint_path} and keep their initialisation")
   return evaluator(model, params, step=None)

@@ -86,7 +86,7 @@ def infer(checkpoint_path: str = gin.REQUIRED, model_dir: str = gin.REQUIRED, in
           max_decode_length: int = 64, num_beams: int = 1, batch_size: int = 8) -> str:
   import jax
 
-  from moe_jax import trainer, validation
+  from moe_jax import fs, validation, weights
   s = lambda p: validation.setting("infer", p)  # noqa: E731
   validation.existing_path(s("checkpoint_path"), checkpoint_path)
   validation.output_dir(s("model_dir"), model_dir)
@@ -104,15 +104,13 @@ def infer(checkpoint_path: str = gin.REQUIRED, model_dir: str = gin.REQUIRED, in
   if not rows:
     raise ValueError(f"{inputs}: no examples to decode")
   params = model.init(jax.random.key(0))
-  params, _, _ = trainer._load_initial(model, params, checkpoint_path)
+  params, _, _ = weights.load_initial(model, params, checkpoint_path)
   v = vocab_lib.t5_vocabulary()
   preds = predict_rows(model, params, rows, v, inputs_length=inputs_length,
                        max_decode_length=max_decode_length, num_beams=num_beams, batch_size=batch_size)
-  path = os.path.join(model_dir, "infer", "predictions.jsonl")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    for r, p in zip(rows, preds):
-      f.write(json.dumps({**r, "prediction": detokenize(v, p), "prediction_ids": p}) + "\n")
-  os.replace(path + ".tmp", path)
+  path = fs.join(model_dir, "infer", "predictions.jsonl")
+  fs.makedirs(fs.dirname(path))
+  fs.write_text(path, "".join(json.dumps({**r, "prediction": detokenize(v, p), "prediction_ids": p}) + "\n"
+                              for r, p in zip(rows, preds)))
   print(f"wrote {len(rows)} predictions to {path}")
   return path

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from moe_jax import fs
 
 
 def mean_router_entropy(router_stats) -> jax.Array:
@@ -26,10 +27,10 @@ def read_log(path: str, up_to_step: int) -> tuple[list[str], list[tuple[int, str
   (later ones are redone), and (line number, why) for lines that do not parse:
   a SIGKILL during an append leaves a torn last line, which must not stop the
   resume. Reads only."""
-  if not os.path.exists(path):
+  if not fs.exists(path):
     return [], []
   keep, dropped = [], []
-  with open(path, "rb") as f:
+  with fs.open_file(path, "rb") as f:
     for line_no, raw in enumerate(f, 1):
       if not raw.strip():
         continue
@@ -46,17 +47,18 @@ def read_log(path: str, up_to_step: int) -> tuple[list[str], list[tuple[int, str
 
 def write_log(path: str, lines: list[str]) -> None:
   """Replaces the log by `lines` atomically."""
-  with open(path + ".tmp", "w") as f:
-    f.writelines(lines)
-  os.replace(path + ".tmp", path)
+  fs.write_text(path, "".join(lines))
 
 
 class Logger:
-  def __init__(self, model_dir: str, total_steps: int, batch_size: int, start_step: int):
-    import tensorflow as tf  # TensorBoard summaries
+  def __init__(self, model_dir: str, total_steps: int, batch_size: int, start_step: int,
+               kept_lines: tuple = ()):
+    import tensorflow as tf  # TensorBoard summaries (gfile: local or gs://)
     self._tf = tf
-    self.path = os.path.join(model_dir, "train_metrics.jsonl")
-    self.writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", "train"))
+    self.path = fs.join(model_dir, "train_metrics.jsonl")
+    self.writer = tf.summary.create_file_writer(fs.join(model_dir, "tensorboard", "train"))
+    # Object stores cannot append: a URI log is rewritten whole from these lines.
+    self._lines = list(kept_lines) if fs.is_uri(self.path) else None
     self.total, self.batch_size = total_steps, batch_size
     self.start_step, self.t0 = start_step, time.time()
     self._tokens, self._window_start, self._window_step = 0, time.time(), start_step
@@ -80,8 +82,13 @@ class Logger:
         row[k] = float(m[k])
     if self._task_loss:
       row["task_loss"] = {str(k): float(np.mean(v)) for k, v in sorted(self._task_loss.items())}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    line = json.dumps(row) + "\n"
+    if self._lines is None:
+      with open(self.path, "a") as f:
+        f.write(line)
+    else:
+      self._lines.append(line)
+      write_log(self.path, self._lines)
     with self.writer.as_default():
       for k, v in row.items():
         if isinstance(v, float):

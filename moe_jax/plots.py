@@ -1,7 +1,6 @@
 """Mean expert probabilities per task and layer (as the MoV/MOELoRA papers plot)."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 from flax import traverse_util
@@ -59,9 +58,12 @@ def expert_heatmaps(per_task: dict[str, dict[str, np.ndarray]], path: str, title
     ax.set_yticklabels([short_name(r) for r in routers] if ax is axes[0][0] else [], fontsize=5)
   fig.colorbar(im, ax=axes[0].tolist(), shrink=0.6, pad=0.01)
   fig.suptitle(title or "mean expert probability per task and layer", fontsize=8)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=150)
+  import io
+
+  from moe_jax import fs
+  fs.makedirs(fs.dirname(path))
+  buf = io.BytesIO()
+  fig.savefig(buf, dpi=150, format="png")
   plt.close(fig)
-  os.replace(tmp, path)
+  fs.write_bytes(path, buf.getvalue())
   return path

@@ -21,9 +21,9 @@ trains with PACK=False.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
+
+from moe_jax import fs
 
 CACHE_FILE = "routing_embeddings.npz"
 
@@ -78,19 +78,20 @@ def build_table(model, params, *, batch_size: int = 64, max_length: int = 128) -
 def for_run(model, params, model_dir: str) -> np.ndarray:
   """The run's table: read from MODEL_DIR if it was computed for these
   templates, else computed and saved (atomically)."""
-  path = os.path.join(model_dir, CACHE_FILE)
+  import io
+  path = fs.join(model_dir, CACHE_FILE)
   names, table = None, None
-  if os.path.exists(path):
-    with np.load(path) as f:
+  if fs.exists(path):
+    with np.load(io.BytesIO(fs.read_bytes(path))) as f:
       names, table = list(f["names"]), f["table"]
   from moe_jax.data import ids
   wanted = [ids.name_of("template_ids", i) for i in range(len(ids.current()["template_ids"]))]
   if names != wanted:
     names, table = build_table(model, params)
-    os.makedirs(model_dir, exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, names=np.asarray(names), table=table)
-    os.replace(tmp, path)
+    fs.makedirs(model_dir)
+    buf = io.BytesIO()
+    np.savez(buf, names=np.asarray(names), table=table)
+    fs.write_bytes(path, buf.getvalue())
   return table
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from typing import Optional
 
@@ -21,7 +20,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from moe_jax import checkpoints, metrics, optim, partitioning, routing_embeddings, validation
+from moe_jax import (checkpoints, frozen_source, fs, metrics, optim, partitioning, routing_embeddings,
+                     validation, weights)
 from moe_jax.data.jsonl import DataError
 from moe_jax.models.api import BaseModel
 from moe_jax.peft.trainable import trainable_mask
@@ -129,12 +129,11 @@ def _check_same_run(model_dir: str, model: BaseModel) -> str:
   """Raises if MODEL_DIR's run.json records another method or backbone (a changed
   hyperparameter of the same method is left to the checkpoint's shape check);
   returns a note on what the directory holds for other messages."""
-  path = os.path.join(model_dir, RUN_INFO)
-  if not os.path.exists(path):
+  path = fs.join(model_dir, RUN_INFO)
+  if not fs.exists(path):
     return ""
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(fs.read_text(path))
   except ValueError as e:  # written atomically, so only a hand edit gets here; it is rewritten
     print(f"warning: {path}: unreadable ({e}); ignored", file=sys.stderr)
     return ""
@@ -150,9 +149,7 @@ def _check_same_run(model_dir: str, model: BaseModel) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(path + ".tmp", path)
+  fs.write_text(path, json.dumps(obj, indent=1))
 
 
 @gin.configurable(denylist=["model"])
@@ -164,12 +161,17 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
           keep_checkpoints: int = 3, log_period: int = 10, eval_period: Optional[int] = None,
           grad_accum_steps: int = 1, mesh_shape: tuple = (-1, 1), seed: int = 0, shuffle_seed: int = 0,
           adafactor_step_offset: Optional[int] = None, partitioning_rules: str = "default",
-          evaluator=None) -> dict:
+          save_frozen: bool = False, evaluator=None) -> dict:
   """Trains (or resumes) a run in `model_dir`; returns the last logged metrics.
 
   `adafactor_step_offset`: the optimizer step this run continues (T5X
   fine-tuning continues the pretrained checkpoint's, e.g. 1,100,000); None
   takes the step the initial checkpoint records, or 0.
+
+  `save_frozen`: False (the default) saves PEFT-only checkpoints: the frozen
+  backbone is recorded once as its source and fingerprint
+  (`frozen_source.json`) and rebuilt from it on resume, which refuses when it
+  changed. True saves it in every checkpoint too.
 
   Nothing is written to `model_dir` until the configuration is checked, the
   checkpoint to resume from is found and the first batch of data has been
@@ -183,14 +185,20 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
                                          partitioning.rules(partitioning_rules))
 
   # Parameters: fresh init, then the initial checkpoint (backbone), then resume.
-  init_batch = model._dummy_batch()
-  axes = model.param_logical_axes(init_batch)
+  model_dir = fs.normalize(model_dir)
+  ckpt_dir = checkpoints.directory_of(model_dir)
+  recorded = frozen_source.read(model_dir)
+  if (recorded and recorded.get("initial_checkpoint_path") and not initial_checkpoint_path
+      and checkpoints.step_numbers(ckpt_dir)):
+    initial_checkpoint_path = recorded["initial_checkpoint_path"]  # the backbone this run trains
+    print(f"frozen backbone from {initial_checkpoint_path}, as {fs.join(model_dir, frozen_source.FILE)} "
+          "records")
+  axes = model.param_logical_axes(model._dummy_batch())
   with partitioner.context():  # each device creates only its own shards
-    params = jax.jit(lambda r: model.init(r, init_batch),
-                     out_shardings=partitioner.param_shardings(axes))(jax.random.key(seed))
+    params = frozen_source.init_params(model, seed, partitioner.param_shardings(axes))
   initial_step = None  # the step the initial checkpoint records (T5X: pre-training steps)
   if initial_checkpoint_path:
-    params, fresh, initial_step = _load_initial(model, params, initial_checkpoint_path)
+    params, fresh, initial_step = weights.load_initial(model, params, initial_checkpoint_path)
     print(f"initial weights from {initial_checkpoint_path} (step {initial_step}); "
           f"{len(fresh)} parameters start fresh")
   mask = trainable_mask(params, trainable_regex)
@@ -207,19 +215,27 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     opt_state = step_fn.init_opt_state(trainable)
 
   # Resume: read only; the newest loadable step wins, damaged newer ones are moved aside below.
-  ckpt_dir = os.path.join(model_dir, "checkpoints")
-  ids_path = os.path.join(model_dir, "ids.json")
+  ids_path = fs.join(model_dir, "ids.json")
   resume = checkpoints.find_resumable(ckpt_dir, jax.eval_shape(lambda: {
       "trainable": trainable, "frozen": frozen, "opt_state": opt_state,
       "step": np.int64(0), "batches_seen": np.int64(0)}), holds)
   step, batches_seen = 0, 0
   if resume.step is not None:
     state = resume.state
-    trainable, frozen, opt_state = state["trainable"], state["frozen"], state["opt_state"]
+    trainable, opt_state = state["trainable"], state["opt_state"]
     step, batches_seen = int(state["step"]), int(state["batches_seen"])
-    if os.path.exists(ids_path):
+    if "frozen" in state:
+      frozen = state["frozen"]
+    elif recorded is None:
+      raise checkpoints.CheckpointError(
+          f"{fs.join(ckpt_dir, str(step))} holds no frozen parameters (PEFT-only) and {model_dir} has no "
+          f"{frozen_source.FILE} saying where the backbone came from; restore that file or start a new MODEL_DIR")
+    else:
+      frozen_source.check(recorded, frozen, f"resuming {model_dir} at step {step}")
+    if fs.exists(ids_path):
       ids.restore(ids_path)
-  metrics_path = os.path.join(model_dir, "train_metrics.jsonl")
+  frozen_print = frozen_source.fingerprint(frozen)
+  metrics_path = fs.join(model_dir, "train_metrics.jsonl")
   logged, dropped = metrics.read_log(metrics_path, step)
   if step >= train_steps:
     print(f"{model_dir} is already at step {step} >= train_steps={train_steps}")
@@ -251,9 +267,9 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     raise ValueError("PACK=True: routing='embedding' needs per-example template ids; set PACK=False")
 
   # From here on the run writes to model_dir.
-  os.makedirs(model_dir, exist_ok=True)
+  fs.makedirs(model_dir)
   for s, why in resume.skipped:
-    moved = checkpoints.move_aside(ckpt_dir, s, os.path.join(model_dir, "damaged_checkpoints"))
+    moved = checkpoints.move_aside(ckpt_dir, s, fs.join(model_dir, "damaged_checkpoints"))
     print(f"warning: checkpoint step {s} is damaged ({why}); moved it to {moved}", file=sys.stderr)
   if resume.step is not None:
     print(f"resuming {model_dir} from step {step}")
@@ -261,7 +277,8 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     print(f"warning: {metrics_path}:{line_no}: dropped an unreadable line ({why}; a run killed while "
           "logging leaves a torn last line)", file=sys.stderr)
   ids.save(ids_path)
-  _write_json(os.path.join(model_dir, RUN_INFO), describe(model))
+  _write_json(fs.join(model_dir, RUN_INFO), describe(model))
+  frozen_source.record(model_dir, initial_checkpoint_path, seed, frozen_print)
   metrics.write_log(metrics_path, logged)  # rows after the resumed step will be redone
   ckpts = checkpoints.Checkpoints(ckpt_dir, keep_checkpoints)
 
@@ -269,7 +286,8 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   if routing_embeddings.needed(model.adapters):
     routing_table = routing_embeddings.for_run(model, merge_params(trainable, frozen), model_dir)
     print(f"instruction embeddings for {len(routing_table)} templates in {model_dir}")
-  logger = metrics.Logger(model_dir, total_steps=train_steps, batch_size=batch_size, start_step=step)
+  logger = metrics.Logger(model_dir, total_steps=train_steps, batch_size=batch_size, start_step=step,
+                          kept_lines=logged)
   rng = jax.random.key(seed + 1)
   last = {}
   while step < train_steps:
@@ -288,8 +306,9 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     last = logger.log(step, m, learning_rate, tokens, task_ids,
                       force=step == train_steps or step % log_period == 0)
     if step % checkpoint_period == 0 or step == train_steps:
-      ckpts.save(step, {"trainable": trainable, "frozen": frozen, "opt_state": opt_state,
-                        "step": np.int64(step), "batches_seen": np.int64(batches_seen)}, force=True)
+      state = {"trainable": trainable, "opt_state": opt_state, "step": np.int64(step),
+               "batches_seen": np.int64(batches_seen)}
+      ckpts.save(step, {**state, "frozen": frozen} if save_frozen else state, force=True)
     if evaluator is not None and ((eval_period and step % eval_period == 0) or step == train_steps):
       evaluator(model, merge_params(trainable, frozen), step)
   logger.close()
@@ -310,22 +329,5 @@ def _check_finite(m, step, last_saved):
 
 
 def _load_initial(model, params, path):
-  """(params, parameters left fresh, the step the initial checkpoint records or None).
-
-  `path` is an HF directory, a T5X checkpoint (directory with a msgpack
-  `checkpoint` file, that file, or gs://...) or a moe-jax checkpoint."""
-  from moe_jax.models import hf, t5x
-  step = None
-  if os.path.exists(os.path.join(path, "config.json")):
-    source = hf.read_hf_params(path)  # read tensor by tensor, straight into the shards
-  elif t5x.is_t5x_checkpoint(path):
-    ckpt = t5x.T5XCheckpoint(path)
-    _, source = t5x.load_t5x_checkpoint(ckpt, config=model.config, dtype=model.config.param_dtype)
-    step = ckpt.step
-  else:
-    state = checkpoints.load_state(path)
-    source, step = checkpoints.params_of(state), int(state["step"])
-  from moe_jax.models import layer_layout
-  source = layer_layout.match_layout(source, params)  # e.g. an unrolled HF/T5X backbone, scanned model
-  params, fresh = checkpoints.partial_restore(params, source, path)
-  return params, fresh, step
+  """Kept for callers of the older name: `weights.load_initial`."""
+  return weights.load_initial(model, params, path)

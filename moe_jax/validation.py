@@ -73,8 +73,8 @@ def output_dir(name: str, path) -> None:
   """`path` can be created as (or already is) a writable directory."""
   if not isinstance(path, str) or not path:
     raise ValueError(f"{name} must be a directory path, got {path!r}")
-  if path.startswith("gs://"):
-    raise ValueError(f"{name}={path}: gs:// is not supported for outputs (use a mounted path)")
+  if "://" in path:  # gs:// (or another tf.io.gfile filesystem): checked on first write
+    return
   p = os.path.abspath(path)
   if os.path.exists(p) and not os.path.isdir(p):
     raise ValueError(f"{name}={path} is a file, not a directory")
@@ -90,7 +90,8 @@ def output_dir(name: str, path) -> None:
 def existing_path(name: str, path) -> None:
   if not isinstance(path, str) or not path:
     raise ValueError(f"{name} must be a path, got {path!r}")
-  if not path.startswith("gs://") and not os.path.exists(path):
+  from moe_jax import fs
+  if not path.startswith("gs://") and not fs.exists(path):  # gs:// needs credentials: read on use
     raise FileNotFoundError(f"{name}={path}: does not exist")
 
 

@@ -1,4 +1,6 @@
 """Up-front configuration checks: unused macros, value ranges, output paths."""
+import os
+
 import gin
 import pytest
 
@@ -41,6 +43,12 @@ def test_output_dir(tmp_path):
   (tmp_path / "f").write_text("x")
   with pytest.raises(ValueError, match=f"lies under the regular file {tmp_path / 'f'}"):
     validation.output_dir("D", str(tmp_path / "f" / "a" / "b"))
-  with pytest.raises(ValueError, match="gs:// is not supported"):
-    validation.output_dir("D", "gs://bucket/run")
   assert not (tmp_path / "a").exists()
+  # A bucket is checked on first write, not taken for a local directory named "gs:".
+  cwd = os.getcwd()
+  try:
+    os.chdir(tmp_path)
+    validation.output_dir("D", "gs://bucket/run")
+    assert not os.path.exists("gs:")
+  finally:
+    os.chdir(cwd)

@@ -8,7 +8,8 @@ saved with a run (`save`), so inference reuses exactly the training ids
 from __future__ import annotations
 
 import json
-import os
+
+from moe_jax import fs
 
 _MAPS: dict[str, dict[str, int]] = {"task_ids": {}, "domain_ids": {}, "template_ids": {}}
 _OPTIONAL = ("template_ids",)  # absent from runs saved before it existed
@@ -47,14 +48,14 @@ def current() -> dict[str, dict[str, int]]:
 
 def save(path: str) -> None:
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with fs.open_file(tmp, "w") as f:
     json.dump(current(), f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  fs.replace(tmp, path)
 
 
 def restore(path: str) -> None:
   """Replace the maps by a run's saved ones; ids present there win."""
-  with open(path) as f:
+  with fs.open_file(path) as f:
     saved = json.load(f)
   for kind in _MAPS:
     if kind not in saved and kind in _OPTIONAL:

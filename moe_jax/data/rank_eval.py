@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import statistics
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -137,12 +136,11 @@ def markdown(report: dict) -> str:
 
 def write_report(report: dict, directory: str, stem: str = "zero_shot") -> tuple[str, str]:
   """Writes <stem>.json and <stem>.md atomically; returns their paths."""
-  os.makedirs(directory, exist_ok=True)
+  from moe_jax import fs
+  fs.makedirs(directory)
   out = []
   for ext, text in (("json", json.dumps(report, indent=1)), ("md", markdown(report))):
-    path = os.path.join(directory, f"{stem}.{ext}")
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+    path = fs.join(directory, f"{stem}.{ext}")
+    fs.write_text(path, text)
     out.append(path)
   return tuple(out)

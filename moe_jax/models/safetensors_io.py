@@ -62,7 +62,8 @@ def save(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | N
   header["__metadata__"] = metadata or {"format": "pt"}
   raw = json.dumps(header, separators=(",", ":")).encode()
   raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-  with open(path, "wb") as f:
+  from moe_jax import fs  # local or gs://
+  with fs.open_file(path, "wb") as f:
     f.write(struct.pack("<Q", len(raw)))
     f.write(raw)
     for blob in blobs:

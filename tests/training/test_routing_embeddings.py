@@ -56,9 +56,9 @@ def test_embedding_routed_mov_trains_and_routes_by_template(tmp_path, two_templa
   assert np.isfinite(last["loss"])
   with np.load(os.path.join(run, routing_embeddings.CACHE_FILE)) as f:
     assert [str(n) for n in f["names"]][:1] and f["table"].shape[1] == model.config.d_model
-  from moe_jax import checkpoints
-  trained = checkpoints.load_params(os.path.join(run, "checkpoints"))
+  from moe_jax import weights
   fresh = jax.jit(lambda r: model.init(r, model._dummy_batch()))(jax.random.key(0))  # as the trainer
+  trained, _, _ = weights.load_initial(model, fresh, os.path.join(run, "checkpoints"))
   kernel = ("encoder", "layers_0", "mlp", "ffn_hidden_adapter", "router", "kernel")
   moved = traverse_util.flatten_dict(trained)[kernel] - traverse_util.flatten_dict(fresh)[kernel]
   assert float(np.abs(moved).max()) > 1e-3  # the router was trained on the embeddings

@@ -23,7 +23,7 @@ def _train(model_dir, *extra, initial=common.TINY_T5):
 
 
 def test_mov_trains_from_a_t5x_checkpoint_with_the_backbone_unchanged(tmp_path):
-  out = _train(tmp_path / "run", FIXTURE_DIMS)
+  out = _train(tmp_path / "run", FIXTURE_DIMS, "--gin.SAVE_FROZEN=True")  # to read the backbone back
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"initial weights from {common.TINY_T5} (step 0)" in out.stdout
   fresh = int(out.stdout.split("(step 0); ")[1].split(" parameters start fresh")[0])

@@ -1,0 +1,136 @@
+"""One path layer for everything a run writes or reads in MODEL_DIR.
+
+Local paths and URIs (`gs://bucket/run` on a TPU VM) go through
+`tf.io.gfile`, so a run directory can live in a bucket. Orbax takes the same
+path strings and reaches GCS itself. Local paths are made absolute; URIs are
+left as they are (`os.path.abspath("gs://b/x")` would turn them into a local
+directory named `gs:`).
+
+TensorFlow is imported on first use: `python -m moe_jax.plan` and the model
+code never need it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+from typing import Iterator
+
+
+def is_uri(path: str) -> bool:
+  return "://" in path
+
+
+def gfile():
+  import tensorflow as tf
+  return tf.io.gfile
+
+
+def normalize(path: str) -> str:
+  """Absolute local path, or the URI unchanged (trailing slash dropped)."""
+  return path.rstrip("/") if is_uri(path) else os.path.abspath(path)
+
+
+def join(path: str, *parts: str) -> str:
+  return posixpath.join(path, *parts) if is_uri(path) else os.path.join(path, *parts)
+
+
+def dirname(path: str) -> str:
+  if is_uri(path):
+    scheme, rest = path.split("://", 1)
+    return f"{scheme}://{posixpath.dirname(rest.rstrip('/'))}"
+  return os.path.dirname(path)
+
+
+def basename(path: str) -> str:
+  return posixpath.basename(path.rstrip("/")) if is_uri(path) else os.path.basename(path)
+
+
+def exists(path: str) -> bool:
+  return gfile().exists(path) if is_uri(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+  return gfile().isdir(path) if is_uri(path) else os.path.isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+  if is_uri(path):
+    return [n.rstrip("/") for n in gfile().listdir(path)]
+  return os.listdir(path)
+
+
+def makedirs(path: str) -> None:
+  if is_uri(path):
+    gfile().makedirs(path)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+@contextlib.contextmanager
+def open_file(path: str, mode: str = "r") -> Iterator:
+  if is_uri(path):
+    with gfile().GFile(path, mode) as f:
+      yield f
+  else:
+    with open(path, mode) as f:
+      yield f
+
+
+def replace(src: str, dst: str) -> None:
+  """Renames `src` to `dst`, replacing it: atomic on POSIX; on object stores
+  a copy then a delete, so a reader sees the old or the whole new file."""
+  if is_uri(src) or is_uri(dst):
+    gfile().rename(src, dst, overwrite=True)
+  else:
+    os.replace(src, dst)
+
+
+def move(src: str, dst: str) -> None:
+  """Moves a file or a directory tree (not replacing)."""
+  if not (is_uri(src) or is_uri(dst)):
+    import shutil
+    shutil.move(src, dst)
+    return
+  g = gfile()
+  if not g.isdir(src):
+    g.rename(src, dst)
+    return
+  for root, _, files in g.walk(src):
+    rel = posixpath.relpath(root, src) if root != src else ""
+    g.makedirs(join(dst, rel) if rel else dst)
+    for name in files:
+      g.copy(join(root, name), join(dst, rel, name) if rel else join(dst, name))
+  g.rmtree(src)
+
+
+def rmtree(path: str) -> None:
+  if is_uri(path):
+    if gfile().exists(path):
+      gfile().rmtree(path)
+  else:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `path` whole: via a temporary sibling then a rename."""
+  with open_file(path + ".tmp", "w") as f:
+    f.write(text)
+  replace(path + ".tmp", path)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  with open_file(path + ".tmp", "wb") as f:
+    f.write(data)
+  replace(path + ".tmp", path)
+
+
+def read_text(path: str) -> str:
+  with open_file(path, "r") as f:
+    return f.read()
+
+
+def read_bytes(path: str) -> bytes:
+  with open_file(path, "rb") as f:
+    return f.read()

@@ -1,0 +1,108 @@
+"""PEFT-only checkpoints: what a step holds, the recorded frozen source, and
+resume / evaluation rebuilding (or refusing) the backbone."""
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from moe_jax import checkpoints, frozen_source, weights
+from tests.inprocess import final_state, snapshot, train_in_process
+from tests.models.t5x import common
+
+T5X_DIMS = "--gin.model.config_overrides={'d_model': 8, 'd_kv': 3, 'num_heads': 4, 'd_ff': 16}"
+
+
+def _dir_bytes(path) -> int:
+  return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def test_a_step_holds_the_trained_parameters_only(small_run):
+  # MoV on t5_1_1_tiny (the issue's target: <= 2 MB per step).
+  for step in ("2", "4"):
+    size = _dir_bytes(small_run / "checkpoints" / step)
+    assert size <= 2_000_000, size
+  state = final_state(small_run)
+  assert "frozen" not in state and set(state) == {"trainable", "opt_state", "step", "batches_seen"}
+  trained = traverse_util.flatten_dict(state["trainable"])
+  assert trained and all(any(p.endswith("_adapter") for p in k) for k in trained)
+  recorded = json.loads((small_run / frozen_source.FILE).read_text())
+  assert recorded["initial_checkpoint_path"] is None and recorded["seed"] == 0
+  # The fingerprint lists every frozen parameter (and no trained one).
+  names = set(recorded["leaves"])
+  assert not names & {"/".join(k) for k in trained}
+  assert "token_embedder/embedding" in names and any("layers_1/" in n for n in names)
+  shape, dtype, l1 = recorded["leaves"]["token_embedder/embedding"]
+  assert dtype == "float32" and l1 > 0 and len(shape) == 2
+
+
+def test_evaluation_rebuilds_the_backbone_and_refuses_another(small_run, tmp_path):
+  from moe_jax import gin_utils
+  from tests.inprocess import restored_state
+  with restored_state():
+    gin_utils.configure(["--gin_file=gin_configs/demo.gin"])
+    model = gin_utils.model()
+  init = jax.jit(lambda r: model.init(r, model._dummy_batch()))
+  params, fresh, step = weights.load_initial(model, init(jax.random.key(7)), str(small_run / "checkpoints"))
+  assert step == 4 and fresh == []
+  flat, expected = traverse_util.flatten_dict(params), traverse_util.flatten_dict(init(jax.random.key(0)))
+  trained = traverse_util.flatten_dict(final_state(small_run)["trainable"])
+  for k, v in flat.items():  # the run's seed-0 backbone (not the key-7 init passed in), its trained adapters
+    np.testing.assert_array_equal(np.asarray(v), np.asarray(trained[k] if k in trained else expected[k]),
+                                  err_msg="/".join(k))
+  # The recorded source no longer gives the backbone the run trained against.
+  run = tmp_path / "run"
+  shutil.copytree(small_run, run)
+  rec = json.loads((run / frozen_source.FILE).read_text())
+  (run / frozen_source.FILE).write_text(json.dumps(dict(rec, seed=1)))
+  with pytest.raises(frozen_source.FrozenSourceError, match="holds other values"):
+    weights.load_initial(model, init(jax.random.key(0)), str(run / "checkpoints"))
+  os.remove(run / frozen_source.FILE)
+  with pytest.raises(checkpoints.CheckpointError, match="no frozen_source.json"):
+    weights.load_initial(model, init(jax.random.key(0)), str(run / "checkpoints" / "4"))
+
+
+@pytest.mark.parametrize("change, why", [
+    ("--gin.train.seed=1", "/kernel holds other values (sum |x|"),
+    ("--gin.PARAM_DTYPE='bfloat16'", "has dtype bfloat16, the run trained against float32"),
+])
+def test_resume_refuses_a_changed_backbone(small_run, tmp_path, capsys, change, why):
+  run = tmp_path / "run"
+  shutil.copytree(small_run, run)
+  shutil.rmtree(run / "checkpoints" / "4")
+  before = snapshot(run)
+  capsys.readouterr()
+  assert train_in_process(run, change) == 2
+  err = capsys.readouterr().err
+  assert "the frozen backbone changed since the run was trained" in err and why in err, err[-2000:]
+  assert snapshot(run) == before  # refused before anything was written
+
+
+def test_resume_reloads_the_recorded_t5x_backbone_bit_exactly(tmp_path, capsys):
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  args = [T5X_DIMS, f"--gin.INITIAL_CHECKPOINT_PATH={common.TINY_T5}", "--gin.TRAIN_STEPS=2",
+          "--gin.CHECKPOINT_PERIOD=1"]
+  assert train_in_process(straight, *args) == 0
+  assert json.loads((straight / frozen_source.FILE).read_text())["initial_checkpoint_path"] == common.TINY_T5
+  shutil.copytree(straight, resumed)
+  shutil.rmtree(resumed / "checkpoints" / "2")
+  capsys.readouterr()
+  # Resumed without INITIAL_CHECKPOINT_PATH: the recorded one is reloaded.
+  assert train_in_process(resumed, *[a for a in args if "INITIAL" not in a]) == 0
+  out = capsys.readouterr().out
+  assert f"frozen backbone from {common.TINY_T5}" in out and "resuming" in out
+  (la, ta), (lb, tb) = (jax.tree_util.tree_flatten(final_state(r)) for r in (straight, resumed))
+  assert ta == tb and len(la) > 50
+  for x, y in zip(la, lb):  # trained parameters, optimizer state, counters
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # Another T5X checkpoint of the same shapes is another backbone: refused.
+  target = common.raw_target()
+  target["decoder/logits_dense/kernel"] = target["decoder/logits_dense/kernel"] * 2
+  other = common.write_checkpoint(tmp_path / "other", target, step=0)
+  shutil.rmtree(resumed / "checkpoints" / "2")
+  assert train_in_process(resumed, *[a for a in args if "INITIAL" not in a],
+                          f"--gin.INITIAL_CHECKPOINT_PATH={other}") == 2
+  assert "decoder/logits_dense/kernel holds other values" in capsys.readouterr().err
