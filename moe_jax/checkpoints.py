@@ -226,6 +226,34 @@ def load_state_at(path: str, abstract_state: Optional[dict] = None) -> tuple[str
   return step_dir, state
 
 
+def restore_params_like(path: str, like: dict) -> Optional[tuple[str, dict]]:
+  """(step directory, {"trainable", "frozen" if saved, "step"}) restored
+  straight into `like`'s shardings and dtypes: each device reads only its own
+  slices from the checkpoint, nothing else is read. None when the saved
+  parameters are not all in `like` with the same shape (another layout: the
+  caller goes through host memory and `partial_restore`)."""
+  step_dir = step_dir_of(path)
+  saved = param_shapes(step_dir)
+  flat_like = {"/".join(k): v for k, v in traverse_util.flatten_dict(like).items()}
+  if not all(isinstance(v, jax.Array) for v in flat_like.values()):
+    return None
+  item = {}
+  for part, shapes in saved.items():
+    if any(n not in flat_like or tuple(flat_like[n].shape) != s for n, s in shapes.items()):
+      return None
+    item[part] = traverse_util.unflatten_dict({
+        tuple(n.split("/")): jax.ShapeDtypeStruct(s, flat_like[n].dtype, sharding=flat_like[n].sharding)
+        for n, s in shapes.items()})
+  item["step"] = np.zeros((), np.int64)
+  try:
+    with _quiet_orbax():
+      state = ocp.PyTreeCheckpointer().restore(_item_dir(step_dir), args=ocp.args.PyTreeRestore(
+          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+  except Exception as e:  # pylint: disable=broad-except  orbax raises many types
+    raise CheckpointError(f"{step_dir}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+  return step_dir, state
+
+
 def partial_restore(target: dict, source: dict, where: str) -> tuple[dict, list[str]]:
   """Copies every source parameter into `target` (same path, same shape).
 

@@ -26,7 +26,8 @@ def load_initial(model, params, path: str):
     source = hf.read_hf_params(path)  # read tensor by tensor, straight into the shards
   elif t5x.is_t5x_checkpoint(path):
     ckpt = t5x.T5XCheckpoint(path)
-    _, source = t5x.load_t5x_checkpoint(ckpt, config=model.config, dtype=model.config.param_dtype)
+    _, source = t5x.load_t5x_checkpoint(ckpt, config=model.config, dtype=model.config.param_dtype,
+                                        lazy=True)  # one parameter at a time, into the shards
     step = ckpt.step
   else:
     return load_run_checkpoint(model, params, path)
@@ -43,7 +44,8 @@ def load_run_checkpoint(model, params, path: str):
   from that source (seeded init, then its initial checkpoint), checked, and
   the trained parameters are laid over it."""
   from moe_jax.models import layer_layout
-  step_dir, state = checkpoints.load_state_at(path)
+  sharded = checkpoints.restore_params_like(path, params)  # same layout: straight into the shards
+  step_dir, state = sharded if sharded else checkpoints.load_state_at(path)
   step = int(state["step"])
   if "frozen" in state:
     source = layer_layout.match_layout(checkpoints.params_of(state), params)

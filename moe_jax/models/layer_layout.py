@@ -18,9 +18,36 @@ from moe_jax.models.layer_stack import SCANNED_NAME
 _LAYER = re.compile(r"^layers_(\d+)$")
 
 
+class LazyStack:
+  """Per-layer lazy tensors (checkpoint readers' `shape`/`__getitem__`/`release`)
+  seen as one `[N, ...]` tensor: a shard reads only its layers' slices, so a
+  scanned model loads an unrolled checkpoint without a host copy of the stack."""
+
+  def __init__(self, values):
+    self._values = list(values)
+    self.shape = (len(self._values),) + tuple(self._values[0].shape)
+    self.dtype = getattr(self._values[0], "dtype", np.dtype(np.float32))
+
+  def __getitem__(self, idx):
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if idx == (Ellipsis,):
+      idx = ()
+    first, rest = (idx[0], idx[1:]) if idx else (slice(None), ())
+    layers = range(self.shape[0])[first]
+    if isinstance(layers, int):
+      return np.asarray(self._values[layers][rest if rest else Ellipsis])
+    return np.stack([np.asarray(self._values[i][rest if rest else Ellipsis]) for i in layers])
+
+  def release(self):
+    for v in self._values:
+      getattr(v, "release", lambda: None)()
+
+
 def _stack(values):
   if all(isinstance(v, np.ndarray) for v in values):
     return np.stack(values)
+  if any(hasattr(v, "release") for v in values):  # lazy checkpoint tensors: stay lazy
+    return LazyStack(values)
   return jnp.stack([jnp.asarray(v) for v in values])
 
 
