@@ -1,4 +1,6 @@
 """MiLoRA and MoA route once per prompt; decoding reuses the decision."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,10 +39,16 @@ def _cached_vs_full(model, params, family):
   return cache
 
 
+@functools.lru_cache(maxsize=None)
+def _milora(family):
+  """One MiLoRA model per family for the tests below (initialising one is slow)."""
+  model, params = common.make(family, MiLoRA(rank=2, top_k=2))
+  return model, common.perturb_adapters(params, seed=11)
+
+
 @pytest.mark.parametrize("family", ["t5", "llama"])
 def test_milora_cached_decoding_equals_uncached_and_routes_once(family):
-  model, params = common.make(family, MiLoRA(rank=2, top_k=2))
-  params = common.perturb_adapters(params, seed=11)
+  model, params = _milora(family)
   cache = _cached_vs_full(model, params, family)
   runs = [v for k, v in common.flat(cache).items() if k[-1] == "router_runs"]
   # One stored decision per decoder layer (T5 encoder layers run once, uncached).
@@ -50,6 +58,44 @@ def test_milora_cached_decoding_equals_uncached_and_routes_once(family):
   decisions = [v for k, v in common.flat(cache).items() if k[-1] == "decision"]
   for d in decisions:  # exactly top_k modules active per example
     np.testing.assert_array_equal((np.asarray(d) > 0).sum(-1), 2)
+
+
+def _primitives(jaxpr):
+  """Names of all primitives in a jaxpr, nested jaxprs included."""
+  for eqn in jaxpr.eqns:
+    yield eqn.primitive.name
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _primitives(inner)
+
+
+def test_milora_t5_decoding_steps_use_the_stored_decision():
+  # T5 decoder layers route on the encoder output, which decoding never
+  # changes: re-running the router at every step would give the same outputs,
+  # so compare against a stored decision that the prompt would not produce.
+  model, params = _milora("t5")
+  prompt = {"encoder_input_tokens": common.batch("t5")["encoder_input_tokens"]}
+  tokens, start = jnp.array([4, 7, 8]), jnp.ones(3, jnp.int32)
+  cache = jax.jit(lambda p: model._start_decoding(p, prompt, 3)[1])(params)
+  # One compiled step with the parameters as an argument (the prefill part is dead code).
+  step = jax.jit(lambda p, c: model._start_decoding(p, prompt, 3)[0](c, tokens, start)[0])
+  # A step routes nowhere: the prefill's program selects top-k once per layer,
+  # and prefill + step has no further selection.
+  prefill = jax.make_jaxpr(lambda p: model._start_decoding(p, prompt, 3)[2])(params).jaxpr
+  assert list(_primitives(prefill)).count("top_k") == 4  # 2 encoder + 2 decoder layers
+  with_step = jax.make_jaxpr(lambda p, c: model._start_decoding(p, prompt, 3)[0](c, tokens, start))(params, cache)
+  assert list(_primitives(with_step.jaxpr)).count("top_k") == 4
+  # Stored decisions set to "no module": the step must equal a step whose
+  # decoder LoRAs are zero (same cache, so position 0 keeps its prefill keys).
+  off = traverse_util.unflatten_dict({k: jnp.zeros_like(v) if k[-1] == "decision" else v
+                                      for k, v in common.flat(cache).items()})
+  no_decoder_lora = traverse_util.unflatten_dict({
+      k: jnp.zeros_like(v) if k[0] == "decoder" and k[-1] == "lora_b" else v for k, v in common.flat(params).items()})
+  expected = np.asarray(step(no_decoder_lora, cache))
+  np.testing.assert_allclose(np.asarray(step(params, off)), expected, atol=1e-5)
+  assert not np.allclose(np.asarray(step(params, cache)), expected, atol=1e-3)  # the LoRAs act
 
 
 def test_moa_add_domain_changes_no_existing_parameter():
