@@ -149,6 +149,29 @@ def test_moa_domain_optimizer_moves_only_that_domains_slice():
   assert moved == len([k for k in common.flat(params) if k[-1] in ("lora_a", "lora_b")])
 
 
+@pytest.mark.parametrize("layer_choices, majority, last", [
+    ((1, 2, 2, 0), 2, 0),  # majority c, last (decoder layer 1) a, first b
+    ((1, 0, 0, 1), 0, 1),  # a 2-2 tie between a and b goes to the lower id
+], ids=["disagree", "tie"])
+def test_moa_vote_rules_on_layers_that_disagree(layer_choices, majority, last):
+  # Each router's choice is fixed by its bias (kernel 0): encoder layers 0, 1,
+  # then decoder layers 0, 1 choose `layer_choices`.
+  model, params = common.make("t5", MoA(domains=("a", "b", "c"), rank=2, targets=("q", "v")))
+  layer_of = {("encoder", "layers_0"): 0, ("encoder", "layers_1"): 1, ("decoder", "layers_0"): 2,
+              ("decoder", "layers_1"): 3}
+  set_ = {}
+  for k, v in common.flat(params).items():
+    if k[-1] == "domain_kernel":
+      v = jnp.zeros_like(v)
+    elif k[-1] == "domain_bias":
+      v = jax.nn.one_hot(layer_choices[layer_of[k[:2]]], 3)
+    set_[k] = v
+  params = traverse_util.unflatten_dict(set_)
+  batch = {k: v for k, v in common.batch("t5").items() if k != "domain_id"}
+  np.testing.assert_array_equal(moa_lib.route_by_vote(model, params, batch, "majority")["domain_id"], [majority] * 3)
+  np.testing.assert_array_equal(moa_lib.route_by_vote(model, params, batch, "last")["domain_id"], [last] * 3)
+
+
 def test_moa_routers_learn_domains_with_frozen_loras_and_vote():
   moa = MoA(domains=("x", "y"), rank=2, targets=("q", "v"), router_loss_weight=1.0)
   model, params = common.make("t5", moa)
