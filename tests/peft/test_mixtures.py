@@ -128,3 +128,28 @@ def test_molora_model_never_builds_the_expert_output_tensor():
   model, params, batch = _molora_t5(0.1)
   grad = jax.make_jaxpr(jax.grad(lambda p: model.loss_fn(p, batch, jax.random.key(1))[0]))(params).jaxpr
   assert not _expert_output_tensors(grad)
+
+
+def test_moa_runs_one_lora_per_example_whatever_the_number_of_domains():
+  """Each example gathers its domain's pair: no intermediate carries both the
+  domain axis and a sequence axis (a mixture over domains would, as
+  [B, T, D, r] or [B, T, D, d_out]), in the forward pass or the gradient."""
+  from moe_jax.models import T5Config, build_model
+  from moe_jax.peft import MoA
+  cfg = T5Config(vocab_size=32, d_model=D_MODEL, d_kv=D_KV, d_ff=D_FF, num_heads=HEADS, num_encoder_layers=2,
+                 num_decoder_layers=2, scan_layers=True)
+  model = build_model(cfg, MoA(domains=tuple("abcde"), rank=2, targets=("q", "v", "wi_0", "wo")))
+  batch = {"encoder_input_tokens": jnp.ones((3, 7), jnp.int32), "decoder_input_tokens": jnp.ones((3, 9), jnp.int32),
+           "decoder_target_tokens": jnp.ones((3, 9), jnp.int32), "domain_id": jnp.array([0, 4, 2])}
+  params = nn.unbox(model.abstract_variables(batch)["params"])
+  assert len(model.adapters.domains) == E
+  seq_axes = TOKEN_AXES - {3}  # [B, D] one-hot decisions and router logits are fine
+
+  def per_token_domain_tensors(jaxpr):
+    return [(e.primitive.name, tuple(v.aval.shape)) for e in _all_eqns(jaxpr) for v in e.outvars
+            if E in tuple(getattr(v.aval, "shape", ())) and seq_axes & set(v.aval.shape)]
+
+  fwd = jax.make_jaxpr(lambda p: model.compute_logits(p, batch))(params).jaxpr
+  grad = jax.make_jaxpr(jax.grad(lambda p: model.loss_fn(p, batch, None)[0]))(params).jaxpr
+  assert not per_token_domain_tensors(fwd)
+  assert not per_token_domain_tensors(grad)
