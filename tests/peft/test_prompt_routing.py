@@ -8,7 +8,8 @@ import optax
 import pytest
 from flax import traverse_util
 
-from moe_jax.peft import MiLoRA, MoA
+from moe_jax.models import build_model
+from moe_jax.peft import LoRA, MiLoRA, MoA
 from moe_jax.peft import moa as moa_lib
 from moe_jax.peft.trainable import frozen_base_optimizer, is_adapter_path, trainable_mask
 from tests.peft import common
@@ -131,9 +132,15 @@ def test_moa_add_domain_changes_no_existing_parameter():
     extended.add_domain(new_params, fresh, "a")
 
 
+@functools.lru_cache(maxsize=None)
+def _moa_abc():
+  """A three-domain MoA at q and v, shared by the tests below (initialising one is slow)."""
+  return common.make("t5", MoA(domains=("a", "b", "c"), rank=2, targets=("q", "v")))
+
+
 def test_moa_domain_optimizer_moves_only_that_domains_slice():
-  moa = MoA(domains=("a", "b", "c"), rank=2, targets=("q", "v"))
-  model, params = common.make("t5", moa)
+  model, params = _moa_abc()
+  moa = model.adapters
   params = common.perturb_adapters(params, seed=15)
   tx = moa_lib.domain_optimizer(optax.sgd(0.1), params, "b", moa.domains)
   grads = jax.grad(lambda p: model.loss_fn(p, common.batch("t5"), None)[0])(params)  # every domain has data
@@ -156,7 +163,8 @@ def test_moa_domain_optimizer_moves_only_that_domains_slice():
 def test_moa_vote_rules_on_layers_that_disagree(layer_choices, majority, last):
   # Each router's choice is fixed by its bias (kernel 0): encoder layers 0, 1,
   # then decoder layers 0, 1 choose `layer_choices`.
-  model, params = common.make("t5", MoA(domains=("a", "b", "c"), rank=2, targets=("q", "v")))
+  model, params = _moa_abc()
+  params = common.perturb_adapters(params, seed=16)  # B != 0: each domain's LoRA acts differently
   layer_of = {("encoder", "layers_0"): 0, ("encoder", "layers_1"): 1, ("decoder", "layers_0"): 2,
               ("decoder", "layers_1"): 3}
   set_ = {}
@@ -170,6 +178,15 @@ def test_moa_vote_rules_on_layers_that_disagree(layer_choices, majority, last):
   batch = {k: v for k, v in common.batch("t5").items() if k != "domain_id"}
   np.testing.assert_array_equal(moa_lib.route_by_vote(model, params, batch, "majority")["domain_id"], [majority] * 3)
   np.testing.assert_array_equal(moa_lib.route_by_vote(model, params, batch, "last")["domain_id"], [last] * 3)
+  # per_layer: every layer runs its own choice's LoRA, i.e. a plain LoRA model
+  # whose layer l holds slice layer_choices[l] of the stacked pairs.
+  per_layer = build_model(common.T5_TINY, MoA(domains=("a", "b", "c"), rank=2, targets=("q", "v"), mode="per_layer"))
+  lora = build_model(common.T5_TINY, LoRA(rank=2, alpha=16.0, targets=("q", "v")))
+  sliced = {tuple("pair" if p == "experts" else p for p in k):
+            (v[layer_choices[layer_of[k[:2]]]][None] if "experts" in k else v)
+            for k, v in common.flat(params).items() if "layer_hook" not in k}
+  np.testing.assert_allclose(per_layer.compute_logits(params, batch),
+                             lora.compute_logits(traverse_util.unflatten_dict(sliced), batch), atol=1e-5)
 
 
 def test_moa_routers_learn_domains_with_frozen_loras_and_vote():
