@@ -1,6 +1,6 @@
 """Greedy and beam search: exactness against brute-force enumeration and an
 independent beam-search reference, with the t5x brevity penalty
-((5 + length) / 6) ** alpha (Wu et al. 2016, GNMT eq. 14; t5x's default alpha 0.6)."""
+((5 + length) / 6) ** alpha (GNMT's length penalty, Wu et al. 2016; t5x default alpha 0.6)."""
 import itertools
 
 import jax
