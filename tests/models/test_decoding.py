@@ -1,4 +1,6 @@
-"""Greedy and beam search: exactness against brute-force enumeration."""
+"""Greedy and beam search: exactness against brute-force enumeration and an
+independent beam-search reference, with the t5x brevity penalty
+((5 + length) / 6) ** alpha (GNMT's length penalty, Wu et al. 2016; t5x default alpha 0.6)."""
 import itertools
 
 import jax
@@ -9,6 +11,38 @@ import pytest
 from moe_jax.models import build_model, get_preset
 
 V, L = 6, 3  # tiny vocabulary and length, so every output sequence can be enumerated
+ALPHA = 0.6
+
+
+def _penalty(length, alpha=ALPHA):
+  return ((5.0 + np.asarray(length, np.float64)) / 6.0) ** alpha
+
+
+def _length(seq, eos):
+  """Generated length: up to and including the first EOS."""
+  seq = list(seq)
+  return seq.index(eos) + 1 if eos in seq else len(seq)
+
+
+def _reference_beam(next_log_probs, num_beams, length, eos, pad=0, alpha=ALPHA):
+  """Beam search written independently of decoding.beam_search: hypotheses
+  are Python tuples; a finished one (it emitted EOS) continues only with
+  padding at no cost and competes with the live ones; after `length` tokens
+  the beams are ranked by summed log-prob / ((5 + length) / 6) ** alpha.
+  next_log_probs(prefix tuple) -> [V] log-probabilities of the next token.
+  Returns [(tokens, normalised score)] best first."""
+  beams = [((), 0.0)]
+  for _ in range(length):
+    cands = []
+    for seq, score in beams:
+      if eos in seq:
+        cands.append((seq + (pad,), score))
+      else:
+        lp = next_log_probs(seq)
+        cands += [(seq + (t,), score + float(lp[t])) for t in range(len(lp))]
+    beams = sorted(cands, key=lambda c: -c[1])[:num_beams]
+  ranked = [(seq, score / _penalty(_length(seq, eos), alpha)) for seq, score in beams]
+  return sorted(ranked, key=lambda c: -c[1])
 
 
 @pytest.fixture(scope="module", params=["t5", "llama"])
@@ -19,7 +53,8 @@ def setup(request):
   else:
     cfg = get_preset("llama_tiny", vocab_size=V, eos_id=2)
     batch = {"decoder_input_tokens": jnp.array([[3, 4, 5], [5, 1, 0]], jnp.int32)}
-  model = build_model(cfg, length_penalty_alpha=0.0)
+  model = build_model(cfg)  # the default length penalty, alpha 0.6
+  assert model.length_penalty_alpha == ALPHA
   params = model.init(jax.random.key(7))
   # Sharper distributions make ties impossible and EOS reachable.
   params = jax.tree_util.tree_map(lambda x: x * 3.0, params)
@@ -38,11 +73,12 @@ def _all_outputs(eos):
   return sorted(seen)
 
 
-def _brute_force_scores(family, model, params, batch, row, eos):
+def _brute_force(family, model, params, batch, row, eos):
+  """Every output of example `row`, its summed log-probability from the
+  uncached full forward pass, and its generated length."""
   outs = np.array(_all_outputs(eos), np.int32)
   n = len(outs)
-  # Generated length: up to and including EOS.
-  lengths = np.array([list(o).index(eos) + 1 if eos in o else L for o in outs])
+  lengths = np.array([_length(o, eos) for o in outs])
   weights = (np.arange(L)[None] < lengths[:, None]).astype(np.float32)
   if family == "t5":
     enc = np.repeat(np.asarray(batch["encoder_input_tokens"])[row:row + 1], n, 0)
@@ -57,36 +93,105 @@ def _brute_force_scores(family, model, params, batch, row, eos):
     seq = np.concatenate([np.repeat(prompt[None], n, 0), outs], 1)
     logits = model.compute_logits(params, {"decoder_input_tokens": jnp.asarray(seq)})
     lp = jax.nn.log_softmax(logits, -1)[:, len(prompt) - 1:-1]
-  token_lp = np.take_along_axis(np.asarray(lp), outs[..., None], -1)[..., 0]
-  return outs, (token_lp * weights).sum(-1)
+  lp = np.asarray(lp, np.float64)
+  token_lp = np.take_along_axis(lp, outs[..., None], -1)[..., 0]
+  return outs, (token_lp * weights).sum(-1), lengths
 
 
 def test_greedy_and_exhaustive_beam_agree_with_enumeration(setup):
   family, model, params, batch = setup
   eos = model.config.eos_id
   greedy, greedy_scores = model.predict_batch(params, batch, max_decode_length=L, return_scores=True)
-  beam, beam_scores = model.predict_batch(params, batch, max_decode_length=L, num_beams=V * V,
+  # V**(L-1) beams keep every prefix; the normalised optimum is then among the
+  # final top V**(L-1) raw scores: at most V of those are finished early, and
+  # every complete one ranked above it would also beat it after normalising.
+  beam, beam_scores = model.predict_batch(params, batch, max_decode_length=L, num_beams=V ** (L - 1),
                                           return_scores=True)
   for row in range(2):
-    outs, scores = _brute_force_scores(family, model, params, batch, row, eos)
-    best = outs[np.argmax(scores)]
+    outs, scores, lengths = _brute_force(family, model, params, batch, row, eos)
+    normalised = scores / _penalty(lengths)
+    best = outs[np.argmax(normalised)]
     np.testing.assert_array_equal(np.asarray(beam)[row], best)
-    np.testing.assert_allclose(beam_scores[row], scores.max(), rtol=1e-4)
+    np.testing.assert_allclose(beam_scores[row], normalised.max(), rtol=1e-4)
     g = tuple(int(t) for t in np.asarray(greedy)[row])
     np.testing.assert_allclose(greedy_scores[row], scores[[tuple(o) for o in outs].index(g)], rtol=1e-4)
     # Greedy is a member of the search space and can be no better than the optimum.
     assert greedy_scores[row] <= scores.max() + 1e-5
 
 
-def test_single_beam_is_greedy(setup):
-  _, model, params, batch = setup
-  greedy = model.predict_batch(params, batch, max_decode_length=5)
+def _table_model(table, vocab, size):
+  """A step function whose next-token log-probs depend on the whole prefix,
+  carried in the cache as a base-(V + 1) code: beams reordered without their
+  cache would read another prefix's row of `table` (example r's rows start at r * size)."""
+  def step_fn(cache, tokens, positions):
+    del positions
+    code = cache["code"] * (vocab + 1) + tokens + 1
+    return table[cache["example"] * size + code], dict(cache, code=code)
+  return step_fn
+
+
+def test_beam_search_prunes_and_normalises_like_the_reference():
   from moe_jax.models import decoding
-  step_fn, cache, lp, start = model._start_decoding(params, batch, 5)
-  best, beams, _ = decoding.beam_search(step_fn, cache, lp, start, num_beams=1, max_decode_length=5,
-                                        eos_id=model.config.eos_id)
-  np.testing.assert_array_equal(best, greedy)
-  assert beams.shape == (2, 1, 5)
+  vocab, length, k, rows, eos = 4, 4, 2, 6, 1
+  rng = np.random.RandomState(3)
+  # One table per row: row r's prefixes index rows r * size + code.
+  size = (vocab + 1) ** length
+  logits = rng.randn(rows * size, vocab) * 1.5
+  table = np.asarray(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), -1), np.float64)
+  example = np.repeat(np.arange(rows), k)
+  first = jnp.asarray(table[example * size], jnp.float32)
+  step_fn = _table_model(jnp.asarray(table, jnp.float32), vocab, size)
+
+  def lookup(r):
+    def next_log_probs(prefix):
+      code = 0
+      for t in prefix:
+        code = code * (vocab + 1) + t + 1
+      return table[r * size + code]
+    return next_log_probs
+
+  _, beams, scores = decoding.beam_search(step_fn, {"example": jnp.asarray(example, jnp.int32),
+                                                    "code": jnp.zeros(rows * k, jnp.int32)}, first,
+                                          jnp.zeros(rows * k, jnp.int32), num_beams=k,
+                                          max_decode_length=length, eos_id=eos, alpha=ALPHA)
+  pruned = 0
+  for r in range(rows):
+    ref = _reference_beam(lookup(r), k, length, eos)
+    np.testing.assert_array_equal(np.asarray(beams)[r], [s for s, _ in ref])
+    np.testing.assert_allclose(np.asarray(scores)[r], [c for _, c in ref], rtol=1e-5)
+    exhaustive = _reference_beam(lookup(r), vocab ** length, length, eos)
+    pruned += ref[0][0] != exhaustive[0][0]
+  assert pruned, "two beams find the optimum on every row: pruning is not exercised"
+
+
+def test_length_penalty_changes_the_winner():
+  # [EOS] has log-prob log 0.5 = -0.693; [2, 3, EOS] has log 0.48 + 2 log 0.98
+  # = -0.774, normalised by ((5 + 3) / 6) ** 0.6 = 1.188 to -0.651: alpha 0.6
+  # prefers the longer output, alpha 0 the shorter.
+  from moe_jax.models import decoding
+  vocab = 5
+  def row(probs):
+    p = np.full(vocab, 1e-3)
+    for t, q in probs.items():
+      p[t] = q
+    return np.log(p / p.sum())
+  lp = np.stack([row({1: 0.5, 2: 0.48}), row({3: 0.98}), row({1: 0.98})])
+
+  def step_fn(cache, tokens, positions):  # next-token log-probs by position only
+    return jnp.asarray(lp, jnp.float32)[jnp.minimum(positions, 2)], cache
+
+  k = 3
+  first = jnp.asarray(np.repeat(lp[:1], k, 0), jnp.float32)
+  results = {}
+  for alpha in (0.0, ALPHA):
+    best, beams, scores = decoding.beam_search(step_fn, {}, first, jnp.ones(k, jnp.int32), num_beams=k,
+                                               max_decode_length=3, eos_id=1, alpha=alpha)
+    results[alpha] = np.asarray(best)[0].tolist()
+    seq = np.asarray(beams)[0, 0]
+    raw = sum(lp[i, t] for i, t in enumerate(seq[:_length(seq, 1)]))
+    np.testing.assert_allclose(np.asarray(scores)[0, 0], raw / _penalty(_length(seq, 1), alpha), rtol=1e-5)
+  assert results[0.0] == [1, 0, 0]
+  assert results[ALPHA] == [2, 3, 1]
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])

@@ -8,7 +8,7 @@ from flax import traverse_util
 import pytest
 
 from moe_jax.models import build_model
-from moe_jax.peft import IA3, LoRA, MOELoRA, MiLoRA, MoA, MoLoRA, MoV
+from moe_jax.peft import IA3, LoRA, MOELoRA, MiLoRA, MoA, MoLoRA, MoV, sites
 from tests.peft import common
 
 METHODS = {
@@ -108,9 +108,27 @@ def test_moelora_merge_task_matches_adapted_model_on_every_task():
   b = common.batch("llama")  # rows have tasks 0, 1, 2: one batch mixes tasks
   adapted = np.asarray(model.compute_logits(params, b))
   plain = build_model(common.LLAMA_TINY)
+  gate = params["model_hook"]
   for task in range(3):
     merged = method.merge_task(params, task)
     assert set(common.flat(merged)) == set(common.flat(common.backbone_only(params)))
+    # Every adapted kernel is W + (alpha / r) sum_e w_e A_e B_e (float64 here), w = softmax(E[task] W_g).
+    logit = np.asarray(gate["task_embedding"], np.float64)[task] @ np.asarray(gate["gate"], np.float64)
+    w = np.exp(logit - logit.max()) / np.exp(logit - logit.max()).sum()
+    flat, folded = common.flat(params), 0
+    kind_of = {kernel: kind for kind, kernel in sites.SITE_KERNEL.items()}
+    for k, v in common.flat(merged).items():
+      site = k[:-2] + (kind_of.get(k[-2], k[-2]) + "_adapter", "experts")  # the adapter beside the kernel
+      if site + ("lora_a",) not in flat:
+        np.testing.assert_array_equal(v, flat[k])
+        continue
+      lora_a = np.asarray(flat[site + ("lora_a",)], np.float64)  # [N, in, r/N]
+      lora_b = np.asarray(flat[site + ("lora_b",)], np.float64)  # [N, r/N, *out]
+      delta = sum(w[e] * lora_a[e].reshape(-1, lora_a.shape[-1]) @ lora_b[e].reshape(lora_b.shape[1], -1)
+                  for e in range(2))
+      np.testing.assert_allclose(v, np.asarray(flat[k]) + method.scale * delta.reshape(v.shape), atol=1e-6)
+      folded += 1
+    assert folded == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers
     rows = np.asarray(b["task_id"]) == task
     np.testing.assert_allclose(np.asarray(plain.compute_logits(merged, b))[rows], adapted[rows], atol=1e-5)
   sparse = dataclasses.replace(method, top_k=1)

@@ -1,4 +1,6 @@
 """MiLoRA and MoA route once per prompt; decoding reuses the decision."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +8,8 @@ import optax
 import pytest
 from flax import traverse_util
 
-from moe_jax.peft import MiLoRA, MoA
+from moe_jax.models import build_model
+from moe_jax.peft import LoRA, MiLoRA, MoA
 from moe_jax.peft import moa as moa_lib
 from moe_jax.peft.trainable import frozen_base_optimizer, is_adapter_path, trainable_mask
 from tests.peft import common
@@ -37,10 +40,16 @@ def _cached_vs_full(model, params, family):
   return cache
 
 
+@functools.lru_cache(maxsize=None)
+def _milora(family):
+  """One MiLoRA model per family for the tests below (initialising one is slow)."""
+  model, params = common.make(family, MiLoRA(rank=2, top_k=2))
+  return model, common.perturb_adapters(params, seed=11)
+
+
 @pytest.mark.parametrize("family", ["t5", "llama"])
 def test_milora_cached_decoding_equals_uncached_and_routes_once(family):
-  model, params = common.make(family, MiLoRA(rank=2, top_k=2))
-  params = common.perturb_adapters(params, seed=11)
+  model, params = _milora(family)
   cache = _cached_vs_full(model, params, family)
   runs = [v for k, v in common.flat(cache).items() if k[-1] == "router_runs"]
   # One stored decision per decoder layer (T5 encoder layers run once, uncached).
@@ -50,6 +59,44 @@ def test_milora_cached_decoding_equals_uncached_and_routes_once(family):
   decisions = [v for k, v in common.flat(cache).items() if k[-1] == "decision"]
   for d in decisions:  # exactly top_k modules active per example
     np.testing.assert_array_equal((np.asarray(d) > 0).sum(-1), 2)
+
+
+def _primitives(jaxpr):
+  """Names of all primitives in a jaxpr, nested jaxprs included."""
+  for eqn in jaxpr.eqns:
+    yield eqn.primitive.name
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _primitives(inner)
+
+
+def test_milora_t5_decoding_steps_use_the_stored_decision():
+  # T5 decoder layers route on the encoder output, which decoding never
+  # changes: re-running the router at every step would give the same outputs,
+  # so compare against a stored decision that the prompt would not produce.
+  model, params = _milora("t5")
+  prompt = {"encoder_input_tokens": common.batch("t5")["encoder_input_tokens"]}
+  tokens, start = jnp.array([4, 7, 8]), jnp.ones(3, jnp.int32)
+  cache = jax.jit(lambda p: model._start_decoding(p, prompt, 3)[1])(params)
+  # One compiled step with the parameters as an argument (the prefill part is dead code).
+  step = jax.jit(lambda p, c: model._start_decoding(p, prompt, 3)[0](c, tokens, start)[0])
+  # A step routes nowhere: the prefill's program selects top-k once per layer,
+  # and prefill + step has no further selection.
+  prefill = jax.make_jaxpr(lambda p: model._start_decoding(p, prompt, 3)[2])(params).jaxpr
+  assert list(_primitives(prefill)).count("top_k") == 4  # 2 encoder + 2 decoder layers
+  with_step = jax.make_jaxpr(lambda p, c: model._start_decoding(p, prompt, 3)[0](c, tokens, start))(params, cache)
+  assert list(_primitives(with_step.jaxpr)).count("top_k") == 4
+  # Stored decisions set to "no module": the step must equal a step whose
+  # decoder LoRAs are zero (same cache, so position 0 keeps its prefill keys).
+  off = traverse_util.unflatten_dict({k: jnp.zeros_like(v) if k[-1] == "decision" else v
+                                      for k, v in common.flat(cache).items()})
+  no_decoder_lora = traverse_util.unflatten_dict({
+      k: jnp.zeros_like(v) if k[0] == "decoder" and k[-1] == "lora_b" else v for k, v in common.flat(params).items()})
+  expected = np.asarray(step(no_decoder_lora, cache))
+  np.testing.assert_allclose(np.asarray(step(params, off)), expected, atol=1e-5)
+  assert not np.allclose(np.asarray(step(params, cache)), expected, atol=1e-3)  # the LoRAs act
 
 
 def test_moa_add_domain_changes_no_existing_parameter():
@@ -85,9 +132,15 @@ def test_moa_add_domain_changes_no_existing_parameter():
     extended.add_domain(new_params, fresh, "a")
 
 
+@functools.lru_cache(maxsize=None)
+def _moa_abc():
+  """A three-domain MoA at q and v, shared by the tests below (initialising one is slow)."""
+  return common.make("t5", MoA(domains=("a", "b", "c"), rank=2, targets=("q", "v")))
+
+
 def test_moa_domain_optimizer_moves_only_that_domains_slice():
-  moa = MoA(domains=("a", "b", "c"), rank=2, targets=("q", "v"))
-  model, params = common.make("t5", moa)
+  model, params = _moa_abc()
+  moa = model.adapters
   params = common.perturb_adapters(params, seed=15)
   tx = moa_lib.domain_optimizer(optax.sgd(0.1), params, "b", moa.domains)
   grads = jax.grad(lambda p: model.loss_fn(p, common.batch("t5"), None)[0])(params)  # every domain has data
@@ -101,6 +154,39 @@ def test_moa_domain_optimizer_moves_only_that_domains_slice():
     else:
       np.testing.assert_array_equal(after, v)  # routers and backbone frozen
   assert moved == len([k for k in common.flat(params) if k[-1] in ("lora_a", "lora_b")])
+
+
+@pytest.mark.parametrize("layer_choices, majority, last", [
+    ((1, 2, 2, 0), 2, 0),  # majority c, last (decoder layer 1) a, first b
+    ((1, 0, 0, 1), 0, 1),  # a 2-2 tie between a and b goes to the lower id
+], ids=["disagree", "tie"])
+def test_moa_vote_rules_on_layers_that_disagree(layer_choices, majority, last):
+  # Each router's choice is fixed by its bias (kernel 0): encoder layers 0, 1,
+  # then decoder layers 0, 1 choose `layer_choices`.
+  model, params = _moa_abc()
+  params = common.perturb_adapters(params, seed=16)  # B != 0: each domain's LoRA acts differently
+  layer_of = {("encoder", "layers_0"): 0, ("encoder", "layers_1"): 1, ("decoder", "layers_0"): 2,
+              ("decoder", "layers_1"): 3}
+  set_ = {}
+  for k, v in common.flat(params).items():
+    if k[-1] == "domain_kernel":
+      v = jnp.zeros_like(v)
+    elif k[-1] == "domain_bias":
+      v = jax.nn.one_hot(layer_choices[layer_of[k[:2]]], 3)
+    set_[k] = v
+  params = traverse_util.unflatten_dict(set_)
+  batch = {k: v for k, v in common.batch("t5").items() if k != "domain_id"}
+  np.testing.assert_array_equal(moa_lib.route_by_vote(model, params, batch, "majority")["domain_id"], [majority] * 3)
+  np.testing.assert_array_equal(moa_lib.route_by_vote(model, params, batch, "last")["domain_id"], [last] * 3)
+  # per_layer: every layer runs its own choice's LoRA, i.e. a plain LoRA model
+  # whose layer l holds slice layer_choices[l] of the stacked pairs.
+  per_layer = build_model(common.T5_TINY, MoA(domains=("a", "b", "c"), rank=2, targets=("q", "v"), mode="per_layer"))
+  lora = build_model(common.T5_TINY, LoRA(rank=2, alpha=16.0, targets=("q", "v")))
+  sliced = {tuple("pair" if p == "experts" else p for p in k):
+            (v[layer_choices[layer_of[k[:2]]]][None] if "experts" in k else v)
+            for k, v in common.flat(params).items() if "layer_hook" not in k}
+  np.testing.assert_allclose(per_layer.compute_logits(params, batch),
+                             lora.compute_logits(traverse_util.unflatten_dict(sliced), batch), atol=1e-5)
 
 
 def test_moa_routers_learn_domains_with_frozen_loras_and_vote():

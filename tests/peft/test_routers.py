@@ -12,6 +12,11 @@ from moe_jax.peft.routers import (Router, RouterConfig, load_balance_loss, route
 CTX = sites.AdapterContext(features={})
 
 
+def _softmax(logits):
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
 def test_top_k_keeps_exactly_k_even_with_ties():
   p = jnp.array([[0.25, 0.25, 0.25, 0.25], [0.1, 0.6, 0.2, 0.1]])
   for k in (1, 2, 3):
@@ -49,10 +54,12 @@ def test_router_is_float32_and_softmax():
   x = jnp.asarray(np.random.RandomState(0).randn(2, 5, 8), jnp.bfloat16)
   probs = _run(RouterConfig(4), x)
   assert probs.dtype == jnp.float32 and probs.shape == (2, 5, 4)
-  np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-6)
   variables = Router(RouterConfig(4)).init(jax.random.key(0), x, CTX)
+  kernel = np.asarray(variables["params"]["kernel"].value, np.float64)
   assert variables["params"]["kernel"].value.dtype == jnp.float32
-  assert abs(float(jnp.std(variables["params"]["kernel"].value)) - 0.02) < 0.01
+  assert abs(float(np.std(kernel)) - 0.02) < 0.01
+  # p = softmax(x W) per token, in float64 here (the bf16 input is exact in float32).
+  np.testing.assert_allclose(probs, _softmax(np.asarray(x, np.float64) @ kernel), rtol=1e-5)
 
 
 def test_sentence_routing_ignores_padding_and_is_shared_by_tokens():
@@ -61,7 +68,9 @@ def test_sentence_routing_ignores_padding_and_is_shared_by_tokens():
   mask = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
   cfg = RouterConfig(3, routing="sentence")
   probs = _run(cfg, x, mask=mask)
-  np.testing.assert_allclose(probs[:, 0:1].repeat(6, 1), probs, rtol=1e-6)
+  kernel = np.asarray(Router(cfg).init(jax.random.key(0), x, CTX)["params"]["kernel"].value, np.float64)
+  means = np.stack([np.asarray(x, np.float64)[0, :4].mean(0), np.asarray(x, np.float64)[1].mean(0)])
+  np.testing.assert_allclose(probs, np.repeat(_softmax(means @ kernel)[:, None], 6, 1), rtol=1e-5)
   changed = x.at[0, 4:].set(100.0)  # padding content must not matter
   np.testing.assert_allclose(_run(cfg, changed, mask=mask), probs, rtol=1e-6)
 
@@ -70,7 +79,10 @@ def test_embedding_routing_reads_the_feature():
   x = jnp.zeros((2, 3, 8))
   ctx = sites.AdapterContext(features={"routing_embedding": jnp.asarray(np.random.RandomState(2).randn(2, 5))})
   probs = _run(RouterConfig(3, routing="embedding"), x, ctx)
-  assert probs.shape == (2, 3, 3) and not np.allclose(probs[0], probs[1])
+  kernel = Router(RouterConfig(3, routing="embedding")).init(jax.random.key(0), x, ctx)["params"]["kernel"].value
+  expected = _softmax(np.asarray(ctx.features["routing_embedding"], np.float64) @ np.asarray(kernel, np.float64))
+  np.testing.assert_allclose(probs, np.repeat(expected[:, None], 3, 1), rtol=1e-5)
+  assert not np.allclose(probs[0], probs[1])
   with pytest.raises(KeyError, match="routing_embedding"):
     _run(RouterConfig(3, routing="embedding"), x)
 

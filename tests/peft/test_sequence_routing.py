@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from moe_jax.peft import MiLoRA, MoV, pooling, sites
 from moe_jax.peft.milora import PromptRouter
@@ -113,3 +114,39 @@ def test_milora_prompt_router_is_not_saturated_by_large_residuals(std):
   probs_s = _prompt_router_probs(jnp.asarray(h * std), mask)
   np.testing.assert_allclose(probs_s, probs_1, rtol=1e-4)  # scale-free
   assert probs_s.max() < 0.6 and probs_s.min() > 0.1  # 3 experts, near 1/3 at init
+
+
+def test_milora_prompt_router_follows_its_formulas():
+  # float64 reference of the module docstring: RMS-normalised h', attention
+  # pooling over real tokens, rational activation, softmax, top-k gates scaled
+  # by their probability, load balance w * E * sum_i f_i P_i.
+  experts = ("self_attention/q", "self_attention/k", "self_attention/v", "mlp/wi", "mlp/wo")
+  rng = np.random.RandomState(4)
+  h = rng.randn(4, 9, 16) * 3.0
+  mask = np.arange(9)[None] < np.array([[9], [5], [7], [2]])
+  info = sites.LayerInfo("encoder/layer_0", "encoder", 0, 1, 16, experts)
+  router = PromptRouter(info, experts, top_k=2, scale_by_prob=True, load_balance_weight=0.01)
+  li, ctx = sites.LayerInput(jnp.asarray(h, jnp.float32), jnp.asarray(mask)), sites.AdapterContext(features={})
+  params = jax.tree_util.tree_map(lambda v: v + jnp.asarray(rng.randn(*v.shape) * 0.3, v.dtype),
+                                  nn.unbox(router.init(jax.random.key(0), li, ctx)["params"]))
+  gates, col = router.apply({"params": params}, li, ctx,
+                            mutable=[sites.AUX_LOSS_COLLECTION, sites.ROUTER_STATS_COLLECTION])
+  p64 = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), params)
+  hn = h / np.sqrt(np.mean(h ** 2, -1, keepdims=True) + 1e-6)
+  scores = np.where(mask, hn @ p64["pool_query"], -np.inf)
+  att = np.exp(scores - scores.max(-1, keepdims=True))
+  pooled = np.einsum("bt,btd->bd", att / att.sum(-1, keepdims=True), hn)
+  num, den = p64["activation"]["numerator"], p64["activation"]["denominator"]
+  act = (sum(a * pooled ** i for i, a in enumerate(num))
+         / (1 + np.abs(sum(b * pooled ** (j + 1) for j, b in enumerate(den)))))
+  logits = act @ p64["router"]["kernel"]
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  selected = (probs >= np.sort(probs, -1)[:, -2:-1]).astype(np.float64)  # top 2 (no ties here)
+  for i, key in enumerate(experts):
+    np.testing.assert_allclose(gates[key], selected[:, i] * probs[:, i], rtol=1e-4, atol=1e-7)
+  f, share = selected.mean(0) / 2, probs.mean(0)
+  np.testing.assert_allclose(col[sites.AUX_LOSS_COLLECTION]["load_balance"][0], 0.01 * 5 * np.sum(f * share),
+                             rtol=1e-4)
+  np.testing.assert_allclose(col[sites.ROUTER_STATS_COLLECTION]["expert_probs"][0], probs, rtol=1e-4)
+  assert len(set(np.argmax(probs, -1))) > 1  # examples route differently

@@ -36,7 +36,15 @@ def test_moelora_merged_decoding_matches_the_adapted_model():
   params = common.perturb_adapters(model.init(jax.random.key(0)), seed=2, scale=1.0)
   rows = [{"inputs": "Is the sky blue?", "task_id": 1}, {"inputs": "Paris is in", "task_id": 2},
           {"inputs": "A cat sat.", "task_id": 1}]
-  merged = inference.predict_rows(model, params, rows, v, max_decode_length=6, batch_size=2)
+
+  class MergedOnly(type(model)):
+    """The same MOELoRA model, but decoding it with its adapters is an error:
+    unmerged decoding gives the same tokens, so only this shows the merge runs."""
+    def predict_batch(self, *args, **kwargs):
+      raise AssertionError("MOELoRA inference decoded the unmerged adapted model")
+
+  merged = inference.predict_rows(MergedOnly(config, model.adapters), params, rows, v, max_decode_length=6,
+                                  batch_size=2)
   enc = inference._encode(rows, v, 512)
   direct = np.asarray(model.predict_batch(params, {"encoder_input_tokens": jnp.asarray(enc),
                                                    "task_id": jnp.asarray([1, 2, 1])}, max_decode_length=6))
