@@ -96,8 +96,10 @@ class ZeroShotEvaluator:
     progress.finish()
     report["step"] = step
     out_dir = fs.join(self.model_dir, "eval")
-    rank_eval.write_report(report, out_dir)
-    print(f"\nzero-shot evaluation at step {step}:\n" + rank_eval.markdown(report), flush=True)
+    lead = jax.process_index() == 0  # every process scores; the first one writes
+    if lead:
+      rank_eval.write_report(report, out_dir)
+      print(f"\nzero-shot evaluation at step {step}:\n" + rank_eval.markdown(report), flush=True)
     if self.plot:
       self._plot(model, params, suite, out_dir, step, with_context)
     return report
@@ -119,7 +121,7 @@ class ZeroShotEvaluator:
         ds = converters.encdec(ds, self.lengths)
       batch = with_context(next(converters.batches(ds.take(16), 16)))
       per_task[d.key] = plots.router_probabilities(model, params, batch)
-    if any(per_task.values()):
+    if any(per_task.values()) and jax.process_index() == 0:
       path = plots.expert_heatmaps(per_task, fs.join(out_dir, "expert_probs.png"),
                                    f"mean expert probability per task and layer (step {step})")
       print(f"wrote {path}")

@@ -52,11 +52,12 @@ def write_log(path: str, lines: list[str]) -> None:
 
 class Logger:
   def __init__(self, model_dir: str, total_steps: int, batch_size: int, start_step: int,
-               kept_lines: tuple = ()):
+               kept_lines: tuple = (), write: bool = True):
     import tensorflow as tf  # TensorBoard summaries (gfile: local or gs://)
     self._tf = tf
     self.path = fs.join(model_dir, "train_metrics.jsonl")
-    self.writer = tf.summary.create_file_writer(fs.join(model_dir, "tensorboard", "train"))
+    self.write = write  # False: another process writes the log; this one only computes rows
+    self.writer = tf.summary.create_file_writer(fs.join(model_dir, "tensorboard", "train")) if write else None
     # Object stores cannot append: a URI log is rewritten whole from these lines.
     self._lines = list(kept_lines) if fs.is_uri(self.path) else None
     self.total, self.batch_size = total_steps, batch_size
@@ -82,6 +83,10 @@ class Logger:
         row[k] = float(m[k])
     if self._task_loss:
       row["task_loss"] = {str(k): float(np.mean(v)) for k, v in sorted(self._task_loss.items())}
+    self._tokens, self._window_start, self._window_step = 0, now, step
+    self._task_loss = {}
+    if not self.write:
+      return row
     line = json.dumps(row) + "\n"
     if self._lines is None:
       with open(self.path, "a") as f:
@@ -100,9 +105,8 @@ class Logger:
     eta = (self.total - step) / rate if rate > 0 else float("inf")
     print(f"step {step}/{self.total} | loss {row['loss']:.4f} | {rate:.2f} steps/s | "
           f"{row['tokens_per_sec']:.0f} tokens/s | ETA {eta:.0f}s", file=sys.stderr, flush=True)
-    self._tokens, self._window_start, self._window_step = 0, now, step
-    self._task_loss = {}
     return row
 
   def close(self):
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.close()

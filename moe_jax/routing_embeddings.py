@@ -75,7 +75,7 @@ def build_table(model, params, *, batch_size: int = 64, max_length: int = 128) -
   return names, np.concatenate(rows).astype(np.float32)
 
 
-def for_run(model, params, model_dir: str) -> np.ndarray:
+def for_run(model, params, model_dir: str, write: bool = True) -> np.ndarray:
   """The run's table: read from MODEL_DIR if it was computed for these
   templates, else computed and saved (atomically)."""
   import io
@@ -88,6 +88,8 @@ def for_run(model, params, model_dir: str) -> np.ndarray:
   wanted = [ids.name_of("template_ids", i) for i in range(len(ids.current()["template_ids"]))]
   if names != wanted:
     names, table = build_table(model, params)
+    if not write:  # another process saves it
+      return table
     fs.makedirs(model_dir)
     buf = io.BytesIO()
     np.savez(buf, names=np.asarray(names), table=table)

@@ -266,28 +266,36 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   if routing_embeddings.needed(model.adapters) and pack:
     raise ValueError("PACK=True: routing='embedding' needs per-example template ids; set PACK=False")
 
-  # From here on the run writes to model_dir.
-  fs.makedirs(model_dir)
-  for s, why in resume.skipped:
-    moved = checkpoints.move_aside(ckpt_dir, s, fs.join(model_dir, "damaged_checkpoints"))
-    print(f"warning: checkpoint step {s} is damaged ({why}); moved it to {moved}", file=sys.stderr)
+  # From here on the run writes to model_dir: the run's own files from the
+  # first process only (hosts renaming the same file on a bucket would race);
+  # orbax coordinates the checkpoint writes of all hosts itself.
+  lead = is_lead_process()
+  if lead:
+    fs.makedirs(model_dir)
+    for s, why in resume.skipped:
+      moved = checkpoints.move_aside(ckpt_dir, s, fs.join(model_dir, "damaged_checkpoints"))
+      print(f"warning: checkpoint step {s} is damaged ({why}); moved it to {moved}", file=sys.stderr)
+  if resume.skipped and jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("moe_jax: damaged checkpoints moved aside")
   if resume.step is not None:
     print(f"resuming {model_dir} from step {step}")
   for line_no, why in dropped:
     print(f"warning: {metrics_path}:{line_no}: dropped an unreadable line ({why}; a run killed while "
           "logging leaves a torn last line)", file=sys.stderr)
-  ids.save(ids_path)
-  _write_json(fs.join(model_dir, RUN_INFO), describe(model))
-  frozen_source.record(model_dir, initial_checkpoint_path, seed, frozen_print)
-  metrics.write_log(metrics_path, logged)  # rows after the resumed step will be redone
+  if lead:
+    ids.save(ids_path)
+    _write_json(fs.join(model_dir, RUN_INFO), describe(model))
+    frozen_source.record(model_dir, initial_checkpoint_path, seed, frozen_print)
+    metrics.write_log(metrics_path, logged)  # rows after the resumed step will be redone
   ckpts = checkpoints.Checkpoints(ckpt_dir, keep_checkpoints)
 
   routing_table = None
   if routing_embeddings.needed(model.adapters):
-    routing_table = routing_embeddings.for_run(model, merge_params(trainable, frozen), model_dir)
+    routing_table = routing_embeddings.for_run(model, merge_params(trainable, frozen), model_dir, write=lead)
     print(f"instruction embeddings for {len(routing_table)} templates in {model_dir}")
   logger = metrics.Logger(model_dir, total_steps=train_steps, batch_size=batch_size, start_step=step,
-                          kept_lines=logged)
+                          kept_lines=logged, write=lead)
   rng = jax.random.key(seed + 1)
   last = {}
   while step < train_steps:
@@ -314,6 +322,11 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   logger.close()
   ckpts.close()
   return last
+
+
+def is_lead_process() -> bool:
+  """Whether this process writes the run's files (metrics, reports, run.json)."""
+  return jax.process_index() == 0
 
 
 def _check_finite(m, step, last_saved):
