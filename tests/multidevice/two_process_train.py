@@ -40,7 +40,7 @@ axes = model.param_logical_axes(batches[0])
 
 
 def run(mesh):
-  losses, trainable, rows = sharded_steps.run(model, params, axes, batches, mesh, learning_rate=1e-3)
+  losses, trainable, rows, _, _ = sharded_steps.run(model, params, axes, batches, mesh, learning_rate=1e-3)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     trainable = multihost_utils.process_allgather(trainable, tiled=True)
