@@ -37,7 +37,7 @@ test: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
 test-all: $(TEST_STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "" tests
 
 # One core, XLA's single-threaded CPU runtime, one torch thread: steady ratios.
 BENCH_CPU ?= 0

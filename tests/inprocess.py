@@ -41,7 +41,24 @@ def run_entry(name: str, argv) -> int:
     return gin_utils.run(entry_main(name), [str(a) for a in argv])
 
 
-def train_in_process(model_dir, *extra) -> int:
+# model_dir -> (step, parameters) the trainer handed its evaluator after the last step.
+FINAL_PARAMS = {}
+
+
+@gin.configurable
+def capture_final_params(model, params, step, *, run=gin.REQUIRED):
+  """An evaluator that keeps the run's full parameters (trainable and frozen) as the
+  trainer ends with them, whatever its checkpoints store."""
+  del model
+  import jax
+  FINAL_PARAMS[run] = (step, jax.device_get(params))
+
+
+def train_in_process(model_dir, *extra, capture: bool = False) -> int:
+  """The small run in `model_dir`; `capture`: its final parameters into FINAL_PARAMS."""
+  if capture:
+    extra = ("--gin.EVALUATOR=@capture_final_params", f"--gin.capture_final_params.run='{model_dir}'",
+             *extra)
   return run_entry("train", [*SMALL_TRAIN, f"--gin.MODEL_DIR={model_dir}", *extra])
 
 

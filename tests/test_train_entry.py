@@ -1,7 +1,7 @@
-"""The gin entry point: flag parsing, bad input, paper presets, train + resume."""
+"""The gin entry point: flag parsing, bad input, paper presets, eval / infer / export
+(resuming: tests/training/test_resume.py)."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -104,22 +104,6 @@ def test_divergence_stops_before_any_checkpoint(tmp_path):
   assert "training diverged at step 1" in out.stderr and "last checkpoint: none" in out.stderr
   assert not _leftovers(tmp_path / "run" / "checkpoints")
   assert not os.path.exists(tmp_path / "run" / "eval")
-
-
-def test_train_then_resume_appends_steps(run40, tmp_path):
-  run = tmp_path / "run"
-  shutil.copytree(run40, run)
-  rows = [json.loads(l) for l in open(run / "train_metrics.jsonl")]
-  assert [r["step"] for r in rows] == [10, 20, 30, 40]
-  assert all({"loss", "learning_rate", "tokens_per_sec"} <= set(r) for r in rows)
-  assert sorted(os.listdir(run / "checkpoints")) == ["20", "40"]
-  second = _train(run, 60)
-  assert second.returncode == 0, second.stderr[-2000:]
-  assert "resuming" in second.stdout and "from step 40" in second.stdout
-  rows = [json.loads(l) for l in open(run / "train_metrics.jsonl")]
-  assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
-  assert "60" in os.listdir(run / "checkpoints")
-  assert os.listdir(run / "tensorboard" / "train")
 
 
 MODEL_FILES = ["--gin_file=gin_configs/models/t5_1_1_tiny.gin", "--gin_file=gin_configs/methods/mov.gin"]

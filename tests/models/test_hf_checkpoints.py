@@ -62,7 +62,11 @@ def test_bfloat16_params_and_activations(t5_dir):
            "decoder_target_tokens": jnp.array([[3, 4, 1]])}
   logits = model.compute_logits(params, batch)
   assert logits.dtype == jnp.float32
-  np.testing.assert_allclose(logits, model32.compute_logits(params32, batch), atol=0.15 * np.abs(logits).max())
+  # bf16 keeps 8 significant bits (rounding 2^-9 ~ 0.2 %); rounding every parameter and
+  # activation through this 2-layer model moves the logits by ~1 % of the largest one
+  # (0.8-1.1 % on three batches); 3 % leaves room, and still fails if every bf16
+  # parameter is 3 % off (10 % here).
+  np.testing.assert_allclose(logits, model32.compute_logits(params32, batch), atol=0.03 * np.abs(logits).max())
 
 
 def test_bfloat16_safetensors_round_trip(tmp_path):

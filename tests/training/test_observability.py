@@ -32,7 +32,19 @@ def test_logger_writes_jsonl_tensorboard_and_per_task_loss(tmp_path, capsys):
   assert row["tokens_per_sec"] > 0 and row["router_entropy"] == 0.5
   # Per-task loss averages every example seen since the last logged step.
   assert row["task_loss"] == {"0": pytest.approx((1.0 + 5.0 + 7.0) / 3), "1": pytest.approx(3.0)}
-  assert os.listdir(tmp_path / "tensorboard" / "train")
+  # TensorBoard holds the same scalars, at the logged step only.
+  import glob
+  import tensorflow as tf
+  scalars = {}
+  for f in glob.glob(str(tmp_path / "tensorboard" / "train" / "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(f):
+      for v in event.summary.value:
+        scalars[(event.step, v.tag)] = float(tf.make_ndarray(v.tensor))
+  assert {s for s, _ in scalars} == {2}
+  assert scalars[(2, "loss")] == 2.0 and scalars[(2, "cross_entropy")] == pytest.approx(1.9)
+  assert scalars[(2, "router_entropy")] == 0.5 and scalars[(2, "learning_rate")] == pytest.approx(1e-3)
+  assert scalars[(2, "task_loss/task_0")] == pytest.approx(13.0 / 3)
+  assert scalars[(2, "task_loss/task_1")] == pytest.approx(3.0)
   assert "step 2/4 | loss 2.0000" in capsys.readouterr().err
 
 
