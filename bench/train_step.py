@@ -87,7 +87,8 @@ def prepare(pkg, config, method: str, batch):
     state["trainable"], state["opt"] = trainable, step.init_opt_state(trainable)
     rng = jax.random.key(1)
     t0 = time.perf_counter()
-    compiled = step._step.lower(state["trainable"], frozen, state["opt"], batch, rng).compile()
+    compiled = step.jitted(state["trainable"], state["opt"]).lower(state["trainable"], frozen, state["opt"], batch,
+                                                                   rng).compile()
     facts = cost(compiled)
 
     def run():

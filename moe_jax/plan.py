@@ -89,7 +89,7 @@ def plan() -> dict:
                                    jax.eval_shape(step.tx.init, t_abs), init.output_shardings)
     extra = ("routing_embedding",) if routing_embeddings.needed(model.adapters) else ()
     batch = abstract_batch(model, lengths, batch_size, pack, partitioner.batch_sharding, extra)
-    compiled = step._step.lower(t_abs, f_abs, o_abs, batch, jax.random.key(0)).compile()
+    compiled = step.jitted(t_abs, o_abs).lower(t_abs, f_abs, o_abs, batch, jax.random.key(0)).compile()
   compile_s = time.perf_counter() - started
   mem, cost = compiled.memory_analysis(), compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -61,7 +61,7 @@ class TrainStep:
     self.grad_accum_steps = grad_accum_steps
     self.tx = optim.adafactor(learning_rate, trainable_logical_axes, decay_rate=decay_rate,
                               step_offset=step_offset)
-    self._step = jax.jit(self._train_step, donate_argnums=(0, 2))
+    self._step = None  # jitted on the first call, when the placements are known
 
   def init_opt_state(self, trainable):
     return jax.jit(self.tx.init)(trainable)
@@ -109,8 +109,22 @@ class TrainStep:
     m["router_stats"] = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), ms["router_stats"])
     return grads, m
 
+  def jitted(self, trainable, opt_state):
+    """The jitted step for parameters and optimizer state placed like these
+    (arrays, or abstract values carrying shardings)."""
+    if self._step is None:
+      # Outputs keep the inputs' placements (the logical-axis rules): left to
+      # XLA's propagation they drift, and the second step would recompile.
+      shardings = [getattr(x, "sharding", None) for x in jax.tree_util.tree_leaves((trainable, opt_state))]
+      placed = lambda tree: jax.tree_util.tree_map(lambda x: x.sharding, tree)  # noqa: E731
+      out = ((placed(trainable), placed(opt_state), None) if all(s is not None for s in shardings)
+             else None)
+      self._step = jax.jit(self._train_step, donate_argnums=(0, 2),
+                           **({} if out is None else {"out_shardings": out}))
+    return self._step
+
   def __call__(self, trainable, frozen, opt_state, batch, rng):
-    return self._step(trainable, frozen, opt_state, batch, rng)
+    return self.jitted(trainable, opt_state)(trainable, frozen, opt_state, batch, rng)
 
 
 RUN_INFO = "run.json"

@@ -35,6 +35,8 @@ def test_data_model_expert_mesh_places_by_the_rules_and_matches_one_device():
       split[a] += a in want
   assert split["model"] >= 40 and split["expert"] == 32  # all 32 MoV adapter leaves (experts, routers)
   # Batch rows over `data`: devices at data coordinate i hold rows 4i..4i+3 (and nothing else).
+  # Three steps, one compilation: the step's outputs keep the rules' placements.
+  assert r["step"] == {"compiles": 1, "kept_placement": True}, r["step"]
   assert r["batch"]["spec"] == ["data", None]
   assert len(r["batch"]["devices"]) == 8
   for d in r["batch"]["devices"]:

@@ -53,14 +53,15 @@ def spec(sharding, ndim):
 
 mesh = partitioning.make_mesh(2, 2, 2)
 l8, tr8, placed8, batch8 = run(mesh)
+step_info = dict(sharded_steps.LAST)
 l1, tr1, _, _ = run(partitioning.make_mesh(1, 1, devices=jax.devices()[:1]))
 is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
 
 
 def describe(kind, after_8=None, before=None, after_1=None):
   """Per parameter: logical axes, the spec and per-device blocks it was placed with
-  (by the trainer's code path, before the first step: the step's outputs follow
-  XLA's propagation, not the rules) and, if trainable, its update."""
+  (by the trainer's code path, before the first step; the step keeps them, see
+  "step" in the output) and, if trainable, its update."""
   shardings = flat(placed8[kind])
   shapes = flat(trainable0 if kind == "trainable" else trainer.split_params(params, mask)[1])
   names = jax.tree_util.tree_leaves(
@@ -89,4 +90,5 @@ batch_out = {"spec": spec(tokens.sharding, tokens.ndim), "devices": [
      "matches": bool(np.array_equal(np.asarray(s.data), batches[-1]["encoder_input_tokens"][s.index]))}
     for s in tokens.addressable_shards]}
 print(json.dumps({"devices": jax.device_count(), "mesh": dict(mesh.shape), "loss_8": l8, "loss_1": l1,
-                  "params": describe("trainable", tr8, trainable0, tr1) + describe("frozen"), "batch": batch_out}))
+                  "params": describe("trainable", tr8, trainable0, tr1) + describe("frozen"), "batch": batch_out,
+                  "step": step_info}))

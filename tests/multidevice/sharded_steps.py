@@ -5,6 +5,10 @@ import numpy as np
 from moe_jax import partitioning, trainer
 from moe_jax.peft.trainable import trainable_mask
 
+# After `run`: how often the step compiled and whether the trained parameters
+# and optimizer state kept the placements they entered the first step with.
+LAST = {}
+
 
 def run(model, params, axes, batches, mesh, learning_rate):
   """Places params by the logical-axis rules on `mesh` and takes one step per batch,
@@ -23,6 +27,7 @@ def run(model, params, axes, batches, mesh, learning_rate):
     fr = jax.device_put(fr, part.param_shardings(fr_axes))
     placed = jax.tree_util.tree_map(lambda x: x.sharding, {"trainable": tr, "frozen": fr})
     opt = step.init_opt_state(tr)
+    opt_placed = [x.sharding for x in jax.tree_util.tree_leaves(opt)]
     for i, b in enumerate(batches):
       n = len(next(iter(b.values())))
       first, rows = part.host_batch_rows(n)  # this host feeds only its own rows
@@ -33,4 +38,8 @@ def run(model, params, axes, batches, mesh, learning_rate):
                                         for v in np.asarray(sh.data)[:, 0]})})
       tr, opt, m = step(tr, fr, opt, sharded, jax.random.key(i))
       losses.append(float(m["loss"]))
+  LAST.update(compiles=step.jitted(tr, opt)._cache_size(),
+              kept_placement=[x.sharding for x in jax.tree_util.tree_leaves(tr)]
+              == jax.tree_util.tree_leaves(placed["trainable"])
+              and [x.sharding for x in jax.tree_util.tree_leaves(opt)] == opt_placed)
   return losses, tr, host_rows, placed, sharded
