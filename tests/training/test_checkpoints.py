@@ -15,8 +15,8 @@ from moe_jax import checkpoints
 
 
 def _state(step, scale=1.0):
-  return {"trainable": {"a": {"w": jnp.full((3, 2), scale)}}, "frozen": {"b": {"k": jnp.arange(4.0)}},
-          "opt_state": {"m": jnp.zeros((2,))}, "step": np.int64(step), "batches_seen": np.int64(step)}
+  return {"trainable": {"a": {"w": jnp.full((3, 2), scale)}}, "frozen": {"b": {"k": jnp.arange(4.0) + step}},
+          "opt_state": {"m": jnp.full((2,), -scale)}, "step": np.int64(step), "batches_seen": np.int64(10 * step)}
 
 
 def test_keep_n_and_restore(tmp_path):
@@ -25,13 +25,17 @@ def test_keep_n_and_restore(tmp_path):
     ckpts.save(step, _state(step, float(step)), force=True)
   assert ckpts.latest_step() == 3
   assert sorted(os.listdir(tmp_path / "ckpt")) == ["2", "3"]
-  restored = ckpts.restore(3, jax.eval_shape(lambda: _state(0)))
-  np.testing.assert_array_equal(restored["trainable"]["a"]["w"], np.full((3, 2), 3.0))
-  assert int(restored["step"]) == 3
+  for step in (2, 3):  # every part of the state comes back from its own step
+    restored = ckpts.restore(step, jax.eval_shape(lambda: _state(0)))
+    np.testing.assert_array_equal(restored["trainable"]["a"]["w"], np.full((3, 2), float(step)))
+    np.testing.assert_array_equal(restored["frozen"]["b"]["k"], np.arange(4.0) + step)
+    np.testing.assert_array_equal(restored["opt_state"]["m"], np.full((2,), -float(step)))
+    assert (int(restored["step"]), int(restored["batches_seen"])) == (step, 10 * step)
   ckpts.close()
   params = checkpoints.load_params(str(tmp_path / "ckpt"))  # newest step, trainable + frozen
   assert set(params) == {"a", "b"}
   np.testing.assert_array_equal(params["a"]["w"], np.full((3, 2), 3.0))
+  np.testing.assert_array_equal(params["b"]["k"], np.arange(4.0) + 3)
 
 
 def test_killed_save_leaves_previous_checkpoint_loadable(tmp_path):
