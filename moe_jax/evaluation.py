@@ -87,7 +87,10 @@ class ZeroShotEvaluator:
     suite = self.suite()
     table = routing_embeddings.for_run(model, params, self.model_dir) if routing_embeddings.needed(
         model.adapters) else None
-    with_context = (lambda b: routing_embeddings.attach(b, table)) if table is not None else (lambda b: b)
+    from moe_jax.trainer import _moa_domains
+    domains = _moa_domains(model)  # MoA: data domain ids -> the model's domain indices
+    with_context = ((lambda b: domains(routing_embeddings.attach(b, table))) if table is not None
+                    else domains)
     progress = EvalProgress(suite)
     report = rank_eval.evaluate(lambda b: score(params, with_context(b)), suite, self.lengths,
                                 batch_size=self.batch_size,

@@ -111,9 +111,14 @@ def difference(recorded: dict, current: dict) -> Optional[str]:
   return None
 
 
-def check(recorded: dict, frozen, where: str) -> None:
-  """Raises FrozenSourceError if `frozen` is not the backbone `recorded` describes."""
-  differs = difference(recorded, fingerprint(frozen))
+def check(recorded: dict, frozen, where: str, ignore=frozenset()) -> None:
+  """Raises FrozenSourceError if `frozen` is not the backbone `recorded` describes
+  (parameters named in `ignore` aside)."""
+  current = fingerprint(frozen)
+  if ignore:
+    recorded = dict(recorded, leaves={n: v for n, v in recorded["leaves"].items() if n not in ignore})
+    current = dict(current, leaves={n: v for n, v in current["leaves"].items() if n not in ignore})
+  differs = difference(recorded, current)
   if differs:
     raise FrozenSourceError(
         f"{where}: the frozen backbone changed since the run was trained: {differs}. The run's "

@@ -54,13 +54,15 @@ class TrainStep:
 
   def __init__(self, model: BaseModel, partitioner: partitioning.Partitioner, trainable_logical_axes,
                learning_rate: float = 3e-4, decay_rate: float = 0.8, grad_accum_steps: int = 1,
-               step_offset: int = 0):
+               step_offset: int = 0, update_filter: Optional[optax.GradientTransformation] = None):
     self.model = model
     self.partitioner = partitioner
     self.learning_rate = learning_rate
     self.grad_accum_steps = grad_accum_steps
     self.tx = optim.adafactor(learning_rate, trainable_logical_axes, decay_rate=decay_rate,
                               step_offset=step_offset)
+    if update_filter is not None:  # e.g. MoA stage 1: only one domain's slice moves
+      self.tx = optax.chain(self.tx, update_filter)
     self._step = None  # jitted on the first call, when the placements are known
 
   def init_opt_state(self, trainable):
@@ -136,7 +138,10 @@ def describe(model: BaseModel) -> dict:
   fields = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_kv_heads", "num_layers",
             "num_encoder_layers", "num_decoder_layers", "mlp_variant")
   backbone = type(c).__name__ + "(" + ", ".join(f"{f}={getattr(c, f)}" for f in fields if hasattr(c, f)) + ")"
-  return {"method": type(model.adapters).__name__, "method_config": repr(model.adapters), "backbone": backbone}
+  out = {"method": type(model.adapters).__name__, "method_config": repr(model.adapters), "backbone": backbone}
+  if hasattr(model.adapters, "domains"):  # MoA: which slice of its stacked tensors is which domain
+    out["domains"] = list(model.adapters.domains)
+  return out
 
 
 def _check_same_run(model_dir: str, model: BaseModel) -> str:
@@ -175,7 +180,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
           keep_checkpoints: int = 3, log_period: int = 10, eval_period: Optional[int] = None,
           grad_accum_steps: int = 1, mesh_shape: tuple = (-1, 1), seed: int = 0, shuffle_seed: int = 0,
           adafactor_step_offset: Optional[int] = None, partitioning_rules: str = "default",
-          save_frozen: bool = False, evaluator=None) -> dict:
+          save_frozen: bool = False, moa_train_domain: Optional[str] = None, evaluator=None) -> dict:
   """Trains (or resumes) a run in `model_dir`; returns the last logged metrics.
 
   `adafactor_step_offset`: the optimizer step this run continues (T5X
@@ -187,6 +192,11 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   (`frozen_source.json`) and rebuilt from it on resume, which refuses when it
   changed. True saves it in every checkpoint too.
 
+  `moa_train_domain`: MoA stage 1 for one domain in place: only the sites'
+  stacked LoRA tensors train, and only that domain's slice of them moves
+  (with an initial checkpoint of an MoA run with fewer domains, the new
+  domains are appended and the others stay as trained).
+
   Nothing is written to `model_dir` until the configuration is checked, the
   checkpoint to resume from is found and the first batch of data has been
   read: a run that fails on bad input leaves the directory as it found it.
@@ -195,6 +205,8 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   from moe_jax.data import converters, ids, registry  # TF-heavy: imported when training
   source = registry.get_task_or_mixture(mixture_or_task_name)
   holds = _check_same_run(model_dir, model)
+  if moa_train_domain is not None:
+    _check_moa_domain(model, moa_train_domain, trainable_regex)
   partitioner = partitioning.Partitioner(partitioning.make_mesh(*mesh_shape),
                                          partitioning.rules(partitioning_rules))
 
@@ -215,14 +227,21 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     params, fresh, initial_step = weights.load_initial(model, params, initial_checkpoint_path)
     print(f"initial weights from {initial_checkpoint_path} (step {initial_step}); "
           f"{len(fresh)} parameters start fresh")
-  mask = trainable_mask(params, trainable_regex)
+  update_filter = None
+  if moa_train_domain is None:
+    mask = trainable_mask(params, trainable_regex)
+  else:
+    from moe_jax.peft import moa as moa_lib
+    mask = traverse_util.unflatten_dict({k: moa_lib.is_domain_lora(k) for k in traverse_util.flatten_dict(params)})
   trainable, frozen = split_params(params, mask)
+  if moa_train_domain is not None:
+    update_filter = moa_lib.domain_slice_only(model.adapters.domains.index(moa_train_domain), trainable)
   trainable_axes, frozen_axes = _subtree(axes, trainable), _subtree(axes, frozen)
   step_offset = adafactor_step_offset if adafactor_step_offset is not None else (initial_step or 0)
   print(f"Adafactor step offset {step_offset}: the first update's second-moment decay is "
         f"{optim.decay_rate_at(1, decay_rate, step_offset):.6g}")
   step_fn = TrainStep(model, partitioner, trainable_axes, learning_rate, decay_rate, grad_accum_steps,
-                      step_offset)
+                      step_offset, update_filter)
   with partitioner.context():
     trainable = jax.device_put(trainable, partitioner.param_shardings(trainable_axes))
     frozen = jax.device_put(frozen, partitioner.param_shardings(frozen_axes))
@@ -310,6 +329,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     print(f"instruction embeddings for {len(routing_table)} templates in {model_dir}")
   logger = metrics.Logger(model_dir, total_steps=train_steps, batch_size=batch_size, start_step=step,
                           kept_lines=logged, write=lead)
+  to_model_domains = _moa_domains(model)
   rng = jax.random.key(seed + 1)
   last = {}
   while step < train_steps:
@@ -317,6 +337,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     batches_seen += 1
     if routing_table is not None:
       batch = routing_embeddings.attach(batch, routing_table)
+    batch = to_model_domains(batch)
     task_ids = batch.get("task_id")
     with partitioner.context():
       trainable, opt_state, m = step_fn(trainable, frozen, opt_state, partitioner.shard_batch(batch, batch_size),
@@ -336,6 +357,25 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   logger.close()
   ckpts.close()
   return last
+
+
+def _moa_domains(model):
+  """MoA: batches' data domain ids -> the model's domain indices; else identity."""
+  from moe_jax.peft import moa as moa_lib
+  return moa_lib.data_domains(model.adapters) if isinstance(model.adapters, moa_lib.MoA) else (lambda b: b)
+
+
+def _check_moa_domain(model, domain, trainable_regex) -> None:
+  from moe_jax.peft import moa as moa_lib
+  if not isinstance(model.adapters, moa_lib.MoA):
+    raise ValueError(f"MOA_TRAIN_DOMAIN={domain!r} needs the MoA method; this run uses "
+                     f"{type(model.adapters).__name__}")
+  if domain not in model.adapters.domains:
+    raise ValueError(f"MOA_TRAIN_DOMAIN={domain!r} is not one of MoA.domains {list(model.adapters.domains)}"
+                     f"{validation.close_matches(domain, model.adapters.domains)}")
+  if trainable_regex is not None:
+    raise ValueError("set TRAINABLE_REGEX or MOA_TRAIN_DOMAIN, not both (MOA_TRAIN_DOMAIN trains that "
+                     "domain's LoRA slices only)")
 
 
 def is_lead_process() -> bool:

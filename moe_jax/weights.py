@@ -48,7 +48,8 @@ def load_run_checkpoint(model, params, path: str):
   step_dir, state = sharded if sharded else checkpoints.load_state_at(path)
   step = int(state["step"])
   if "frozen" in state:
-    source = layer_layout.match_layout(checkpoints.params_of(state), params)
+    source = _grow_moa_domains(model, layer_layout.match_layout(checkpoints.params_of(state), params), params,
+                               step_dir)
     params, fresh = checkpoints.partial_restore(params, source, step_dir)
     return params, fresh, step
   run_dir = frozen_source.run_dir_of(step_dir)
@@ -58,10 +59,34 @@ def load_run_checkpoint(model, params, path: str):
         f"{step_dir}: a PEFT-only checkpoint (no frozen parameters) and no {frozen_source.FILE} in its run "
         "directory to rebuild the backbone from; copy the whole run directory, not only checkpoints/")
   params = rebuild_backbone(model, params, recorded, step_dir)
-  trained = layer_layout.match_layout(state["trainable"], params)
+  trained = _grow_moa_domains(model, layer_layout.match_layout(state["trainable"], params), params, step_dir)
   params, fresh = checkpoints.partial_restore(params, trained, step_dir)
   rebuilt = {"/".join(k) for k in traverse_util.flatten_dict(_frozen_part(params, set(recorded["leaves"])))}
   return params, [p for p in fresh if p not in rebuilt], step
+
+
+def _grow_moa_domains(model, source, params, step_dir: str):
+  """An MoA run's checkpoint into an MoA with more domains (appended at the
+  end): saved slices kept, new domains' slices fresh (`moa.grow_domains`)."""
+  import json
+
+  from moe_jax.peft import moa
+  if not isinstance(model.adapters, moa.MoA):
+    return source
+  source, grown = moa.grow_domains(source, params, step_dir)
+  if not grown:
+    return source
+  run_dir = fs.dirname(fs.dirname(step_dir))
+  info = fs.join(run_dir, "run.json")
+  saved = json.loads(fs.read_text(info)).get("domains") if fs.exists(info) else None
+  now = list(model.adapters.domains)
+  if saved is not None and now[:len(saved)] != list(saved):
+    raise checkpoints.CheckpointError(
+        f"{step_dir}: MoA domains {saved} must be the first domains of this configuration's {now} "
+        "(new domains are appended at the end)")
+  print(f"MoA: {step_dir} holds {len(saved) if saved else 'fewer'} domains, this configuration {len(now)}: "
+        f"{len(grown)} stacked tensors grew, the saved slices are unchanged")
+  return source
 
 
 def rebuild_backbone(model, params, recorded: dict, where: str):
@@ -78,8 +103,28 @@ def rebuild_backbone(model, params, recorded: dict, where: str):
     base, _, _ = load_initial(model, base, source)
   names = set(recorded["leaves"])
   frozen = _frozen_part(base, names)
-  frozen_source.check(recorded, frozen, where)
+  frozen_source.check(recorded, frozen, where, ignore=_grown_moa_leaves(model, recorded, frozen))
   return base
+
+
+def _grown_moa_leaves(model, recorded: dict, frozen) -> set:
+  """Frozen MoA tensors (e.g. routers untrained in stage 1) that have more
+  domains now than the run had: fresh from the init either way, so not
+  compared (the domains' order is checked against run.json)."""
+  from moe_jax.peft import moa
+  if not isinstance(model.adapters, moa.MoA):
+    return set()
+  current = frozen_source.fingerprint(frozen)["leaves"]
+  grown = set()
+  for name, (shape, _, _) in recorded["leaves"].items():
+    now = current.get(name)
+    if now is None or list(now[0]) == list(shape):
+      continue
+    axis = moa._domain_axis(tuple(name.split("/")))  # unrolled names: no layer axis
+    if axis is not None and len(now[0]) == len(shape) and all(
+        a == b for i, (a, b) in enumerate(zip(now[0], shape)) if i != axis % len(shape)):
+      grown.add(name)
+  return grown
 
 
 def _frozen_part(params, names: set):

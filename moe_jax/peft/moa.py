@@ -4,7 +4,9 @@ Training happens in stages:
   1. each domain's LoRA alone on its data, routed by the given `domain_id`:
      either a one-domain `MoA((name,))` trained by itself and then appended with
      `add_domain`, or in place with `domain_optimizer(tx, params, name)`, which
-     updates only that domain's slice of every stacked tensor;
+     updates only that domain's slice of every stacked tensor (the trainer's
+     MOA_TRAIN_DOMAIN; a run's checkpoint loads into an MoA with domains
+     appended, `grow_domains`);
   2. per-layer routers - a linear classifier over domains on the mean-pooled
      (then RMS-normalised) layer input - trained with cross-entropy against `domain_id` while the
      LoRAs are frozen (`ROUTER_REGEX`, `router_loss_weight` > 0).
@@ -46,11 +48,89 @@ ROUTER_KERNEL = "domain_kernel"
 
 
 def _domain_axis(path) -> int | None:
+  """The domain axis of a stacked MoA tensor (after a scanned stack's layer axis), or None."""
+  from moe_jax.models.layer_stack import SCANNED_NAME
   if path[-1] == ROUTER_KERNEL:
     return -1
   if path[-1] in STACKED and any(p.endswith("_adapter") or p == "layer_hook" for p in path):
-    return 0
+    return 1 if SCANNED_NAME in path else 0
   return None
+
+
+def data_domains(adapters: "MoA"):
+  """A function mapping a batch's `domain_id` (the data's ids, `moe_jax.data.ids`,
+  numbered in registration order) to indices into `adapters.domains`, by
+  name. Batches from seqio tasks go through it before reaching an MoA model:
+  the two numberings differ. A domain the MoA lacks is an error when the
+  domain is used (`given` mode routes by it, router training learns it) and
+  left at 0 otherwise."""
+  from moe_jax.data import ids
+  table = ids.current()["domain_ids"]
+  lut = np.full(max(table.values(), default=-1) + 1, -1, np.int32)
+  for name, i in table.items():
+    lut[i] = adapters.domains.index(name) if name in adapters.domains else -1
+  used = adapters.mode == "given" or adapters.router_loss_weight > 0
+
+  def remap(batch):
+    if "domain_id" not in batch:
+      return batch
+    data_ids = np.asarray(batch["domain_id"])
+    out = lut[data_ids]
+    missing = sorted({ids.name_of("domain_ids", int(i)) for i in data_ids[out < 0]})
+    if missing and used:
+      raise ValueError(f"MoA has no LoRA for the data's domain(s) {missing} (MoA.domains: "
+                       f"{list(adapters.domains)}); add them to MoA.domains, leave them out of the mixture, or "
+                       "route with mode='majority'/'last'/'per_layer'")
+    return dict(batch, domain_id=np.maximum(out, 0))
+  return remap
+
+
+def is_domain_lora(path) -> bool:
+  """A site's stacked LoRA tensor (what stage 1 trains)."""
+  return path[-1] in ("lora_a", "lora_b") and _domain_axis(path) is not None
+
+
+def domain_slice_only(index: int, trainable) -> optax.GradientTransformation:
+  """Zeroes every update of the stacked LoRA tensors in `trainable` except
+  domain `index`'s slice (stage 1 of one domain, in place)."""
+  flat = traverse_util.flatten_dict(trainable)
+  keep = {}
+  for k, v in flat.items():
+    if is_domain_lora(k):
+      axis = _domain_axis(k)
+      shape = [1] * v.ndim
+      shape[axis] = v.shape[axis]
+      keep[k] = (jnp.arange(v.shape[axis]) == index).reshape(shape).astype(jnp.float32)
+
+  def zero_others(updates, state, params=None):
+    del params
+    fu = traverse_util.flatten_dict(updates)
+    return traverse_util.unflatten_dict({k: (u * keep[k]).astype(u.dtype) if k in keep else u
+                                         for k, u in fu.items()}), state
+  return optax.GradientTransformation(lambda p: optax.EmptyState(), zero_others)
+
+
+def grow_domains(source, target, where: str):
+  """`source` (an MoA checkpoint with fewer domains) in `target`'s shapes: each
+  stacked tensor keeps its saved domains as the leading slices and takes the
+  new domains' slices from `target` (their fresh initialisation), as
+  `add_domain` does. Returns (source, the grown parameters' names)."""
+  flat_s, flat_t = traverse_util.flatten_dict(source), traverse_util.flatten_dict(target)
+  out, grown = dict(flat_s), []
+  for k, v in flat_s.items():
+    axis = _domain_axis(k)
+    if axis is None or k not in flat_t or tuple(np.shape(v)) == tuple(flat_t[k].shape):
+      continue
+    t = flat_t[k]
+    a = axis % t.ndim
+    saved, wanted = np.shape(v)[a], t.shape[a]
+    same_rest = np.delete(np.shape(v), a).tolist() == np.delete(t.shape, a).tolist()
+    if not same_rest or saved > wanted:
+      continue  # a real mismatch: partial_restore names it
+    fresh = np.asarray(jax.lax.slice_in_dim(t, saved, wanted, axis=a))
+    out[k] = np.concatenate([np.asarray(v, fresh.dtype), fresh], axis=a)
+    grown.append(f"{'/'.join(k)} (domains {saved}..{wanted - 1} new)")
+  return traverse_util.unflatten_dict(out), grown
 
 
 class DomainRouter(nn.Module):
@@ -187,18 +267,10 @@ def domain_optimizer(tx: optax.GradientTransformation, params, name_or_index, do
   from moe_jax.peft.trainable import frozen_base_optimizer
   d = name_or_index if isinstance(name_or_index, int) else list(domains).index(name_or_index)
   flat = traverse_util.flatten_dict(params)
-  lora = {k: _domain_axis(k) == 0 and k[-1] in ("lora_a", "lora_b") for k in flat}
+  lora = {k: is_domain_lora(k) for k in flat}
   if not any(lora.values()):
     raise ValueError("params hold no MoA LoRA tensors")
-  keep = {k: (jnp.arange(v.shape[0]) == d).reshape((-1,) + (1,) * (v.ndim - 1)).astype(v.dtype)
-          for k, v in flat.items() if lora[k]}
-
-  def zero_others(updates, state, params=None):
-    del params
-    fu = traverse_util.flatten_dict(updates)
-    return traverse_util.unflatten_dict({k: u * keep[k] if k in keep else u for k, u in fu.items()}), state
-
-  only_slice = optax.GradientTransformation(lambda p: optax.EmptyState(), zero_others)
+  only_slice = domain_slice_only(d, traverse_util.unflatten_dict({k: v for k, v in flat.items() if lora[k]}))
   mask = traverse_util.unflatten_dict(lora)
   return frozen_base_optimizer(optax.chain(tx, only_slice), mask)
 
