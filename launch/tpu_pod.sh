@@ -4,7 +4,7 @@
 #
 #   launch/tpu_pod.sh --name=mov-xl --zone=us-central2-b --type=v4-64 \
 #     --repo=https://github.com/you/moe-jax.git -- \
-#     --gin_file=gin_configs/mov_t5_3b.gin --gin.MODEL_DIR=/mnt/bucket/mov_t5_3b   (a shared mount, e.g. gcsfuse) \
+#     --gin_file=gin_configs/mov_t5_3b.gin --gin.MODEL_DIR=gs://BUCKET/mov_t5_3b   (or a shared mount) \
 #     --gin.INITIAL_CHECKPOINT_PATH=/ckpt/t5-v1_1-lm-adapt-xl
 #
 # --dry-run prints the gcloud commands instead of running them.
