@@ -33,11 +33,15 @@ demo: $(RUNTIME_STAMP)
 	$(PY) -m moe_jax.train --gin_file=gin_configs/demo.gin --gin.MODEL_DIR=$(DEMO_DIR)
 	@echo "run directory: $(DEMO_DIR) (checkpoints/, train_metrics.jsonl, tensorboard/, eval/)"
 
+# Two workers: most tests compile and run on one core. A file's tests stay on one
+# worker (--dist loadfile) so its module fixtures are built once. The slowest
+# tests are listed at the end.
+TEST_WORKERS ?= 2
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 -m "not slow" tests
 
 test-all: $(TEST_STAMP)
-	$(PY) -m pytest -q -m "" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 -m "" tests
 
 # One core, XLA's single-threaded CPU runtime, one torch thread: steady ratios.
 BENCH_CPU ?= 0

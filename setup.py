@@ -33,6 +33,7 @@ TEST = [
     "transformers==5.23.0",
     "peft",
     "pytest",
+    "pytest-xdist==3.8.0",  # make test: two workers (most tests use one core)
     "datasets==5.2.0",  # the hf data source (optional at run time; its offline test)
 ]
 
