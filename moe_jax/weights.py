@@ -44,6 +44,7 @@ def load_run_checkpoint(model, params, path: str):
   from that source (seeded init, then its initial checkpoint), checked, and
   the trained parameters are laid over it."""
   from moe_jax.models import layer_layout
+  _check_moa_domain_order(model, checkpoints.step_dir_of(path))  # before anything is read
   sharded = checkpoints.restore_params_like(path, params)  # same layout: straight into the shards
   step_dir, state = sharded if sharded else checkpoints.load_state_at(path)
   step = int(state["step"])
@@ -68,25 +69,36 @@ def load_run_checkpoint(model, params, path: str):
 def _grow_moa_domains(model, source, params, step_dir: str):
   """An MoA run's checkpoint into an MoA with more domains (appended at the
   end): saved slices kept, new domains' slices fresh (`moa.grow_domains`)."""
-  import json
-
   from moe_jax.peft import moa
   if not isinstance(model.adapters, moa.MoA):
     return source
   source, grown = moa.grow_domains(source, params, step_dir)
   if not grown:
     return source
-  run_dir = fs.dirname(fs.dirname(step_dir))
-  info = fs.join(run_dir, "run.json")
-  saved = json.loads(fs.read_text(info)).get("domains") if fs.exists(info) else None
-  now = list(model.adapters.domains)
+  saved, now = _saved_moa_domains(step_dir), list(model.adapters.domains)
+  print(f"MoA: {step_dir} holds {len(saved) if saved else 'fewer'} domains, this configuration {len(now)}: "
+        f"{len(grown)} stacked tensors grew, the saved slices are unchanged")
+  return source
+
+
+def _saved_moa_domains(step_dir: str):
+  """The MoA domains the run's run.json records (None: not recorded)."""
+  import json
+  info = fs.join(fs.dirname(fs.dirname(step_dir)), "run.json")
+  return json.loads(fs.read_text(info)).get("domains") if fs.exists(info) else None
+
+
+def _check_moa_domain_order(model, step_dir: str) -> None:
+  """An MoA checkpoint loads into an MoA whose domains start with the saved
+  ones, in order (a stacked tensor's slice i is domain i)."""
+  from moe_jax.peft import moa
+  if not isinstance(model.adapters, moa.MoA):
+    return
+  saved, now = _saved_moa_domains(step_dir), list(model.adapters.domains)
   if saved is not None and now[:len(saved)] != list(saved):
     raise checkpoints.CheckpointError(
         f"{step_dir}: MoA domains {saved} must be the first domains of this configuration's {now} "
         "(new domains are appended at the end)")
-  print(f"MoA: {step_dir} holds {len(saved) if saved else 'fewer'} domains, this configuration {len(now)}: "
-        f"{len(grown)} stacked tensors grew, the saved slices are unchanged")
-  return source
 
 
 def rebuild_backbone(model, params, recorded: dict, where: str):

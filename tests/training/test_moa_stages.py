@@ -58,7 +58,7 @@ def test_a_domain_appended_later_keeps_the_trained_slices(sentiment_run):
   moved = _model("--gin.MoA.domains=('new_domain', 'QA_multiple_choice', 'QA_closed_book', "
                  "'structure_to_text', 'sentiment', 'summarization', 'topic_classification', 'paraphrase')")
   with pytest.raises(checkpoints.CheckpointError, match="must be the first domains"):
-    weights.load_initial(moved, _init(moved), str(sentiment_run / "checkpoints"))
+    weights.load_initial(moved, init, str(sentiment_run / "checkpoints"))  # same shapes as `grown`
 
 
 def test_moa_train_domain_errors(tmp_path, capsys):
