@@ -70,7 +70,7 @@ def resolve_ts_spec(spec: dict, directory: str) -> dict:
 
   The relative path is under `kvstore.path` (tensorstore >= 0.1.14) or at the
   top level (older checkpoints, t5x's gs:// writer); the stored driver and
-  bucket are placeholders from wherever the checkpoint was written.
+  bucket are stale: they name wherever the checkpoint was first written.
   """
   spec = copy.deepcopy(spec)
   kv = spec.pop("kvstore")
