@@ -117,9 +117,17 @@ class Router(nn.Module):
     return (cfg.routing == "token" and x.dtype == jnp.float32
             and (cfg.jitter_noise == 0 or ctx.deterministic))
 
+  def mixable(self, x: jax.Array, ctx: sites.AdapterContext) -> bool:
+    """Whether `__call__(..., mixer=...)` may hand the logits to the caller:
+    `fusable`, a soft merge over all experts and no z-loss (both need what
+    the mixer does not return)."""
+    cfg = self.config
+    return self.fusable(x, ctx) and cfg.z_loss_weight == 0 and cfg.top_k is None
+
   @nn.compact
   def __call__(self, x: jax.Array, ctx: sites.AdapterContext,
-               seq: Optional[sites.SiteSequence] = None, fused_kernel: Optional[jax.Array] = None):
+               seq: Optional[sites.SiteSequence] = None, fused_kernel: Optional[jax.Array] = None,
+               mixer=None):
     """`seq`: x's tokens (real-token mask, segments, causality); default: all
     real, one sequence per row, not causal.
 
@@ -147,6 +155,12 @@ class Router(nn.Module):
     kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                ("router_in", "expert")),
                         (inputs.shape[-1], cfg.num_experts), jnp.float32)
+    if mixer is not None:
+      if not self.mixable(x, ctx):
+        raise ValueError(f"router {cfg} on a {x.dtype} input: the mixer cannot compute its probabilities")
+      result, probs = mixer(inputs, kernel)
+      self._losses_and_stats(None, probs, token_mask)
+      return probs, result
     if fused_kernel is not None:
       if not self.fusable(x, ctx):
         raise ValueError(f"router input {x.dtype} with routing={cfg.routing!r}: cannot fuse")
@@ -181,13 +195,12 @@ class Router(nn.Module):
     per_token = probs.shape[1] != 1 or token_mask.shape[1] == 1
     m = token_mask.astype(jnp.float32) if per_token else jnp.ones((batch, 1), jnp.float32)
     m = jnp.broadcast_to(m.reshape(m.shape + (1,) * (probs.ndim - 3)), probs.shape[:-1])
-    flat_p, flat_l, flat_m = (probs.reshape(-1, cfg.num_experts), logits.reshape(-1, cfg.num_experts),
-                              m.reshape(-1))
+    flat_p, flat_m = probs.reshape(-1, cfg.num_experts), m.reshape(-1)
     if cfg.load_balance_weight > 0:
       self.sow(sites.AUX_LOSS_COLLECTION, "load_balance",
                cfg.load_balance_weight * load_balance_loss(flat_p, flat_m))
     if cfg.z_loss_weight > 0:
-      self.sow(sites.AUX_LOSS_COLLECTION, "router_z_loss", cfg.z_loss_weight * router_z_loss(flat_l, flat_m))
+      self.sow(sites.AUX_LOSS_COLLECTION, "router_z_loss", cfg.z_loss_weight * router_z_loss(logits.reshape(-1, cfg.num_experts), flat_m))
     if self.is_mutable_collection(sites.ROUTER_STATS_COLLECTION):
       pm = m.reshape(batch, -1)
       pp = probs.reshape(batch, -1, cfg.num_experts)

@@ -1,0 +1,78 @@
+"""MoV's fused merge (vector_mix.py): the hand-written gradient against JAX's
+autodiff of the plain formula, float64, for keys/values (per head) and the FFN
+hidden site, with the load-balancing loss taking its gradient through `probs`."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from moe_jax.peft import sites, vector_mix
+from moe_jax.peft.mov import MoVSite
+from moe_jax.peft.routers import RouterConfig, load_balance_loss
+
+CTX = sites.AdapterContext(features={})
+KV = sites.SiteInfo("encoder/layer_0/self_attention/k", "encoder", 0, "self_attention", "k",
+                    (16,), (4, 8), ("embed",), ("heads", "kv"))
+FFN = sites.SiteInfo("encoder/layer_0/mlp/ffn_hidden", "encoder", 0, "mlp", sites.FFN_HIDDEN,
+                     (12,), (12,), ("mlp",), ("mlp",))
+
+
+def _plain(router_input, y, kernel, vectors_minus_one):
+  probs = jax.nn.softmax(router_input @ kernel, axis=-1)
+  return y * (1.0 + jnp.einsum("...he,ehd->...hd", probs, vectors_minus_one)), probs
+
+
+@pytest.mark.parametrize("shared_input", [True, False])
+def test_gradient_matches_autodiff_of_the_formula(shared_input):
+  with jax.enable_x64(True):
+    rng = np.random.RandomState(0)
+    y = jnp.asarray(rng.randn(2, 5, 3, 8))
+    r = y if shared_input else jnp.asarray(rng.randn(2, 5, 3, 6))  # keys/values read y; FFN reads x
+    kernel = jnp.asarray(rng.randn(r.shape[-1], 4))
+    vectors = jnp.asarray(rng.randn(4, 3, 8) * 0.3)
+    weights = jnp.asarray(rng.randn(*y.shape))
+    mask = jnp.ones((2 * 5 * 3,))
+
+    def loss(fn, r, y, kernel, vectors):
+      out, probs = fn(y if shared_input else r, y, kernel, vectors)
+      return jnp.sum(out * weights) + 3.0 * load_balance_loss(probs.reshape(-1, 4), mask)
+
+    got = jax.grad(lambda *a: loss(vector_mix.routed_scale, *a), argnums=(0, 1, 2, 3))(r, y, kernel, vectors)
+    want = jax.grad(lambda *a: loss(_plain, *a), argnums=(0, 1, 2, 3))(r, y, kernel, vectors)
+    np.testing.assert_allclose(vector_mix.routed_scale(r, y, kernel, vectors)[0], _plain(r, y, kernel, vectors)[0],
+                               rtol=1e-12)
+    for name, g, w in zip(("router_input", "y", "kernel", "vectors"), got, want):
+      np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12, err_msg=name)
+      if not (shared_input and name == "router_input"):  # (unused when y is the router's input)
+        assert np.abs(w).max() > 1e-3, name  # every gradient is exercised
+
+
+@pytest.mark.parametrize("info", [KV, FFN], ids=["kv", "ffn"])
+def test_site_fused_path_equals_the_unfused_one(info):
+  """The site takes the fused path for token routing in float32; a top-k of
+  all experts routes the same but takes the generic path - both must agree,
+  values and gradients (float32, rtol 1e-5)."""
+  rng = np.random.RandomState(1)
+  x = jnp.asarray(rng.randn(2, 5, *info.in_shape), jnp.float32)
+  y = jnp.asarray(rng.randn(2, 5, *info.out_shape), jnp.float32)
+  fused = MoVSite(info, RouterConfig(4, load_balance_weight=0.5))
+  generic = MoVSite(info, RouterConfig(4, top_k=4, renormalize=True, load_balance_weight=0.5))
+  params = nn.unbox(fused.init(jax.random.key(0), x, y, CTX))["params"]
+  params = jax.tree_util.tree_map(lambda v: v + jnp.asarray(rng.randn(*v.shape) * 0.3, v.dtype), params)
+  weights = jnp.asarray(rng.randn(*y.shape), jnp.float32)
+
+  def loss(site, params, x, y):
+    out, state = site.apply({"params": params}, x, y, CTX, mutable=[sites.AUX_LOSS_COLLECTION])
+    aux = sum(jax.tree_util.tree_leaves(state))
+    return jnp.sum(out * weights) + aux, out
+
+  traced = jax.make_jaxpr(lambda p: loss(fused, p, x, y))(params)
+  assert "custom_vjp_call" in str(traced)  # the fused path is the one taken
+  assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda p: loss(generic, p, x, y))(params))
+  (lf, of), gf = jax.value_and_grad(lambda *a: loss(fused, *a), argnums=(0, 1, 2), has_aux=True)(params, x, y)
+  (lg, og), gg = jax.value_and_grad(lambda *a: loss(generic, *a), argnums=(0, 1, 2), has_aux=True)(params, x, y)
+  np.testing.assert_allclose(of, og, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(lf, lg, rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(gf), jax.tree_util.tree_leaves(gg)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
