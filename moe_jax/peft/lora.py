@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_jax.peft import sites
+from moe_jax.peft import sites, thin_matmul
 
 ALL_PROJECTIONS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo", "gate", "up", "down")
 A_INITS = ("kaiming_uniform", "gaussian", "normal:<std>")
@@ -79,13 +79,13 @@ class LowRankExperts(nn.Module):
     n_in = len(self.info.in_shape)
     x = self.dropout(x, deterministic=ctx.deterministic)
     flat = x.reshape(x.shape[:-n_in] + (-1,))
-    h = flat @ self.down_kernel(x.dtype)  # one matmul for all experts
+    h = thin_matmul.down(flat, self.down_kernel(x.dtype))  # one matmul for all experts
     return h.reshape(h.shape[:-1] + (self.num_experts, self.rank))
 
   def up(self, h: jax.Array) -> jax.Array:
     """Rank-space [..., E, r] -> [..., *out], summing over experts in one matmul."""
     b = jnp.asarray(self.lora_b, h.dtype).reshape(self.num_experts * self.rank, -1)
-    out = h.reshape(h.shape[:-2] + (-1,)) @ b
+    out = thin_matmul.up(h.reshape(h.shape[:-2] + (-1,)), b)
     return out.reshape(h.shape[:-2] + self.info.out_shape)
 
   def mix(self, x, weights, ctx):

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_jax.peft import pooling, sites
+from moe_jax.peft import pooling, sites, thin_matmul
 
 ROUTING_MODES = ("token", "sentence", "embedding")
 
@@ -164,10 +164,10 @@ class Router(nn.Module):
     if fused_kernel is not None:
       if not self.fusable(x, ctx):
         raise ValueError(f"router input {x.dtype} with routing={cfg.routing!r}: cannot fuse")
-      both = inputs @ jnp.concatenate([kernel, fused_kernel.astype(kernel.dtype)], axis=1)
+      both = thin_matmul.down(inputs, jnp.concatenate([kernel, fused_kernel.astype(kernel.dtype)], axis=1))
       logits, projected = both[..., :cfg.num_experts], both[..., cfg.num_experts:]
     else:
-      logits = inputs @ kernel
+      logits = thin_matmul.down(inputs, kernel)
     probs = jax.nn.softmax(logits, axis=-1)
     self._losses_and_stats(logits, probs, token_mask)
     kept = select_top_k(probs, cfg.top_k, cfg.renormalize)
