@@ -49,7 +49,7 @@ class MoVSite(nn.Module):
 
   def _fused(self, router_input, y, kernel, vectors):
     if len(self.info.out_shape) == 2:  # keys/values [B, T, H, D]: the router reads y per head
-      return vector_mix.routed_scale(router_input, y, kernel, vectors - 1.0)
+      return vector_mix.self_routed_scale(y, kernel, vectors - 1.0)
     # FFN [B, T, F]: one "head"
     out, probs = vector_mix.routed_scale(router_input[..., None, :], y[..., None, :], kernel,
                                          vectors[:, None] - 1.0)
