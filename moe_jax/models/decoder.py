@@ -74,7 +74,8 @@ class DecoderOnlyTransformer(nn.Module):
       token_mask = jnp.ones((batch, length), bool)
     ctx = sites.AdapterContext(features=dict(features or {}), token_mask=token_mask,
                                segment_ids=decoder_segment_ids, deterministic=deterministic,
-                               decode_phase=("prefill" if prefill else "step") if decode else None)
+                               decode_phase=("prefill" if prefill else "step") if decode else None,
+                               rematerialised=c.remat_policy != "none")
     hook = self.adapters.model_hook(name="model_hook")
     if hook is not None:
       ctx = ctx.replace(model_state=hook(ctx))

@@ -204,7 +204,8 @@ class T5Transformer(nn.Module):
   def _context(self, features, token_mask, deterministic, decode_phase=None, segment_ids=None):
     ctx = sites.AdapterContext(features=dict(features or {}), token_mask=token_mask,
                                segment_ids=segment_ids, deterministic=deterministic,
-                               decode_phase=decode_phase)
+                               decode_phase=decode_phase,
+                               rematerialised=self.config.remat_policy != "none")
     if self.adapter_model_hook is not None:
       ctx = ctx.replace(model_state=self.adapter_model_hook(ctx))
     return ctx

@@ -79,13 +79,13 @@ class LowRankExperts(nn.Module):
     n_in = len(self.info.in_shape)
     x = self.dropout(x, deterministic=ctx.deterministic)
     flat = x.reshape(x.shape[:-n_in] + (-1,))
-    h = thin_matmul.down(flat, self.down_kernel(x.dtype))  # one matmul for all experts
+    h = thin_matmul.down(flat, self.down_kernel(x.dtype), ctx)  # one matmul for all experts
     return h.reshape(h.shape[:-1] + (self.num_experts, self.rank))
 
-  def up(self, h: jax.Array) -> jax.Array:
+  def up(self, h: jax.Array, ctx: sites.AdapterContext) -> jax.Array:
     """Rank-space [..., E, r] -> [..., *out], summing over experts in one matmul."""
     b = jnp.asarray(self.lora_b, h.dtype).reshape(self.num_experts * self.rank, -1)
-    out = thin_matmul.up(h.reshape(h.shape[:-2] + (-1,)), b)
+    out = thin_matmul.up(h.reshape(h.shape[:-2] + (-1,)), b, ctx)
     return out.reshape(h.shape[:-2] + self.info.out_shape)
 
   def mix(self, x, weights, ctx):
@@ -93,7 +93,7 @@ class LowRankExperts(nn.Module):
     h = self.down(x, ctx)
     if weights is not None:
       h = h * weights[..., None].astype(h.dtype)
-    return self.up(h)
+    return self.up(h, ctx)
 
 
 def _stacked(init):

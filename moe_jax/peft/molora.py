@@ -38,7 +38,7 @@ class MoLoRASite(nn.Module):
       # Router logits and the experts' down projection read the same x: one matmul.
       probs, down = router(router_input, ctx, seq, fused_kernel=experts.down_kernel(x.dtype))
       h = down.reshape(down.shape[:-1] + (self.router.num_experts, self.rank))
-      delta = experts.up(h * probs[..., None].astype(h.dtype))
+      delta = experts.up(h * probs[..., None].astype(h.dtype), ctx)
     else:
       probs = router(router_input, ctx, seq)  # [B, T, E]
       delta = experts.mix(x, probs, ctx)

@@ -164,10 +164,10 @@ class Router(nn.Module):
     if fused_kernel is not None:
       if not self.fusable(x, ctx):
         raise ValueError(f"router input {x.dtype} with routing={cfg.routing!r}: cannot fuse")
-      both = thin_matmul.down(inputs, jnp.concatenate([kernel, fused_kernel.astype(kernel.dtype)], axis=1))
+      both = thin_matmul.down(inputs, jnp.concatenate([kernel, fused_kernel.astype(kernel.dtype)], axis=1), ctx)
       logits, projected = both[..., :cfg.num_experts], both[..., cfg.num_experts:]
     else:
-      logits = thin_matmul.down(inputs, kernel)
+      logits = thin_matmul.down(inputs, kernel, ctx)
     probs = jax.nn.softmax(logits, axis=-1)
     self._losses_and_stats(logits, probs, token_mask)
     kept = select_top_k(probs, cfg.top_k, cfg.renormalize)

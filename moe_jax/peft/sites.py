@@ -82,6 +82,10 @@ class AdapterContext:
   model_state: Any = None  # output of the model hook
   layer_state: Any = None  # output of the current layer's hook
   deterministic: bool = flax.struct.field(pytree_node=False, default=True)
+  # Whether the layers are rematerialised (remat_policy != "none"). Custom
+  # gradients (jax.custom_vjp) keep their residuals whatever the remat policy,
+  # so methods use their plain autodiff paths then (MoV's fused merge).
+  rematerialised: bool = flax.struct.field(pytree_node=False, default=False)
   # None: no KV cache. "prefill": the prompt pass of cached decoding (per-example
   # decisions are computed and stored in the 'cache' collection); "step": a
   # decoding step (stored decisions are reused, never recomputed).

@@ -24,9 +24,20 @@ def expert_major_product(thin: jax.Array, big: jax.Array) -> jax.Array:
   return _barrier(_barrier(thin2.T) @ big2)
 
 
+def down(x: jax.Array, w: jax.Array, ctx=None) -> jax.Array:
+  """x [..., D] @ w [D, K], K small (LoRA A, router kernels). Under
+  rematerialisation (`ctx.rematerialised`) the plain matmul: a custom
+  gradient's residuals would be kept whatever the remat policy."""
+  return x @ w if ctx is not None and ctx.rematerialised else _down(x, w)
+
+
+def up(h: jax.Array, w: jax.Array, ctx=None) -> jax.Array:
+  """h [..., K] @ w [K, D], K small (LoRA B); `ctx` as in `down`."""
+  return h @ w if ctx is not None and ctx.rematerialised else _up(h, w)
+
+
 @jax.custom_vjp
-def down(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x [..., D] @ w [D, K], K small (LoRA A, router kernels)."""
+def _down(x, w):
   return x @ w
 
 
@@ -39,12 +50,11 @@ def _down_bwd(saved, g):
   return g @ w.T, expert_major_product(g, x).T.astype(w.dtype)
 
 
-down.defvjp(_down_fwd, _down_bwd)
+_down.defvjp(_down_fwd, _down_bwd)
 
 
 @jax.custom_vjp
-def up(h: jax.Array, w: jax.Array) -> jax.Array:
-  """h [..., K] @ w [K, D], K small (LoRA B)."""
+def _up(h, w):
   return h @ w
 
 
@@ -58,4 +68,4 @@ def _up_bwd(saved, g):
   return _barrier(g @ w.T), expert_major_product(h, g).astype(w.dtype)
 
 
-up.defvjp(_up_fwd, _up_bwd)
+_up.defvjp(_up_fwd, _up_bwd)

@@ -8,7 +8,7 @@ import pytest
 from moe_jax.peft import thin_matmul
 
 
-@pytest.mark.parametrize("fn,w_shape", [(thin_matmul.down, (12, 3)), (thin_matmul.up, (3, 12))],
+@pytest.mark.parametrize("fn,w_shape", [(thin_matmul._down, (12, 3)), (thin_matmul._up, (3, 12))],
                          ids=["down", "up"])
 def test_values_and_gradients_equal_the_plain_matmul(fn, w_shape):
   with jax.enable_x64(True):

@@ -79,3 +79,19 @@ def test_site_fused_path_equals_the_unfused_one(info):
   np.testing.assert_allclose(lf, lg, rtol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(gf), jax.tree_util.tree_leaves(gg)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_rematerialised_layers_take_the_plain_paths():
+  """Custom gradients keep their residuals whatever the remat policy, so under
+  remat MoV's fused merge and the thin matmuls step aside."""
+  rng = np.random.RandomState(2)
+  x = jnp.asarray(rng.randn(2, 5, *KV.in_shape), jnp.float32)
+  y = jnp.asarray(rng.randn(2, 5, *KV.out_shape), jnp.float32)
+  site = MoVSite(KV, RouterConfig(4))
+  params = nn.unbox(site.init(jax.random.key(0), x, y, CTX))["params"]
+  remat_ctx = sites.AdapterContext(features={}, rematerialised=True)
+  plain = str(jax.make_jaxpr(lambda p: site.apply({"params": p}, x, y, remat_ctx))(params))
+  fused = str(jax.make_jaxpr(lambda p: site.apply({"params": p}, x, y, CTX))(params))
+  assert "custom_vjp_call" not in plain and "routed_scale" in fused
+  np.testing.assert_allclose(site.apply({"params": params}, x, y, remat_ctx), site.apply({"params": params}, x, y, CTX),
+                             rtol=1e-5, atol=1e-6)
