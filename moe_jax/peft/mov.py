@@ -34,9 +34,8 @@ class MoVSite(nn.Module):
     router_input = x if self.info.kind == sites.FFN_HIDDEN else y
     router = Router(self.router, name="router")
     seq = sites.site_sequence(self.info, ctx)
-    if router.mixable(router_input, ctx) and y.dtype == jnp.float32 and not ctx.rematerialised:
-      # The same math with a hand-written gradient (vector_mix.py: faster on CPU;
-      # not under remat, where its residuals would be kept).
+    if router.mixable(router_input, ctx) and y.dtype == jnp.float32:
+      # The same math with a hand-written gradient (vector_mix.py: faster on CPU).
       return router(router_input, ctx, seq, mixer=lambda r, kernel: self._fused(r, y, kernel, vectors))[1]
     probs = router(router_input, ctx, seq)
     spec = "bthe,ehd->bthd" if len(self.info.out_shape) == 2 else "bte,ef->btf"

@@ -120,9 +120,11 @@ class Router(nn.Module):
   def mixable(self, x: jax.Array, ctx: sites.AdapterContext) -> bool:
     """Whether `__call__(..., mixer=...)` may hand the logits to the caller:
     `fusable`, a soft merge over all experts and no z-loss (both need what
-    the mixer does not return)."""
+    the mixer does not return), and no rematerialisation (a mixer's custom
+    gradient would keep its residuals whatever the remat policy)."""
     cfg = self.config
-    return self.fusable(x, ctx) and cfg.z_loss_weight == 0 and cfg.top_k is None
+    return (self.fusable(x, ctx) and cfg.z_loss_weight == 0 and cfg.top_k is None
+            and not ctx.rematerialised)
 
   @nn.compact
   def __call__(self, x: jax.Array, ctx: sites.AdapterContext,
@@ -200,7 +202,8 @@ class Router(nn.Module):
       self.sow(sites.AUX_LOSS_COLLECTION, "load_balance",
                cfg.load_balance_weight * load_balance_loss(flat_p, flat_m))
     if cfg.z_loss_weight > 0:
-      self.sow(sites.AUX_LOSS_COLLECTION, "router_z_loss", cfg.z_loss_weight * router_z_loss(logits.reshape(-1, cfg.num_experts), flat_m))
+      z_loss = router_z_loss(logits.reshape(-1, cfg.num_experts), flat_m)
+      self.sow(sites.AUX_LOSS_COLLECTION, "router_z_loss", cfg.z_loss_weight * z_loss)
     if self.is_mutable_collection(sites.ROUTER_STATS_COLLECTION):
       pm = m.reshape(batch, -1)
       pp = probs.reshape(batch, -1, cfg.num_experts)

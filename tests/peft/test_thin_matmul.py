@@ -32,3 +32,24 @@ def test_weight_gradient_keeps_the_weight_dtype():
   gx, gw = jax.grad(lambda x, w: jnp.sum(thin_matmul.down(x, w).astype(jnp.float32)), argnums=(0, 1))(x, w)
   assert gx.dtype == jnp.bfloat16 and gw.dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.asarray(gw, np.float32), 4.0)
+
+
+def test_lora_site_uses_plain_matmuls_under_rematerialisation():
+  """Custom gradients keep their residuals whatever the remat policy: LoRA's
+  down and up projections step aside then, with the same values."""
+  from flax import linen as nn
+
+  from moe_jax.peft import sites
+  from moe_jax.peft.lora import LoRASite
+  info = sites.SiteInfo("encoder/layer_0/mlp/wo", "encoder", 0, "mlp", "wo", (12,), (6,), ("mlp",), ("embed",))
+  rng = np.random.RandomState(3)
+  x = jnp.asarray(rng.randn(2, 5, 12), jnp.float32)
+  y = jnp.asarray(rng.randn(2, 5, 6), jnp.float32)
+  site = LoRASite(info, rank=2, alpha=4.0, a_init="kaiming_uniform", dropout_rate=0.0)
+  ctx, remat_ctx = sites.AdapterContext(features={}), sites.AdapterContext(features={}, rematerialised=True)
+  params = nn.unbox(site.init(jax.random.key(0), x, y, ctx))["params"]
+  params = jax.tree_util.tree_map(lambda v: v + 0.3, params)  # B != 0, so the delta shows
+  trace = lambda c: str(jax.make_jaxpr(lambda p: site.apply({"params": p}, x, y, c))(params))
+  assert trace(ctx).count("custom_vjp_call") == 2 and "custom_vjp_call" not in trace(remat_ctx)
+  np.testing.assert_allclose(site.apply({"params": params}, x, y, remat_ctx), site.apply({"params": params}, x, y, ctx),
+                             rtol=1e-6)
