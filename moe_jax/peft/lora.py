@@ -82,10 +82,13 @@ class LowRankExperts(nn.Module):
     h = thin_matmul.down(flat, self.down_kernel(x.dtype), ctx)  # one matmul for all experts
     return h.reshape(h.shape[:-1] + (self.num_experts, self.rank))
 
+  def up_kernel(self, dtype) -> jax.Array:
+    """Every expert's B as one [E*r, out] matrix (rows in `down_kernel`'s column order)."""
+    return jnp.asarray(self.lora_b, dtype).reshape(self.num_experts * self.rank, -1)
+
   def up(self, h: jax.Array, ctx: sites.AdapterContext) -> jax.Array:
     """Rank-space [..., E, r] -> [..., *out], summing over experts in one matmul."""
-    b = jnp.asarray(self.lora_b, h.dtype).reshape(self.num_experts * self.rank, -1)
-    out = thin_matmul.up(h.reshape(h.shape[:-2] + (-1,)), b, ctx)
+    out = thin_matmul.up(h.reshape(h.shape[:-2] + (-1,)), self.up_kernel(h.dtype), ctx)
     return out.reshape(h.shape[:-2] + self.info.out_shape)
 
   def mix(self, x, weights, ctx):
