@@ -44,9 +44,15 @@ test-all: $(TEST_STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 -m "" tests
 
 # One core, XLA's single-threaded CPU runtime, one torch thread: steady ratios.
+# glibc malloc keeps what is freed (one arena, no mmap, no trimming): by default
+# XLA:CPU's temporary buffer (1.3 GB for a small-T5 step) comes from a thread
+# arena, which maps it fresh every step; touching it again cost ~330k page
+# faults and ~0.6 s of a 4 s step here, in proportion to memory, not compute.
+# BENCH_MALLOC= (empty) measures with glibc's defaults.
 BENCH_CPU ?= 0
+BENCH_MALLOC ?= MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
 bench: $(RUNTIME_STAMP)
-	BENCH_THREADS="1 thread pinned (taskset -c $(BENCH_CPU))" \
+	$(BENCH_MALLOC) BENCH_THREADS="1 thread pinned (taskset -c $(BENCH_CPU))" \
 	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
 	taskset -c $(BENCH_CPU) $(PY) -m bench.run --out_dir=bench_results $(BENCH_ARGS)
 

@@ -35,21 +35,31 @@ def _write(path, text):
   os.replace(path + ".tmp", path)
 
 
+MALLOC_SETTINGS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def allocator() -> str:
+  """The glibc malloc settings this process started with (see the Makefile's `bench`)."""
+  set_ = [f"{k}={os.environ[k]}" for k in MALLOC_SETTINGS if k in os.environ]
+  return "glibc malloc, " + (" ".join(set_) if set_ else "default settings")
+
+
 def markdown(report) -> str:
   s = report["settings"]
   lines = [f"Backbone `{s['preset']}` ({s['layers']}), batch {s['batch_size']}, lengths {s['lengths'][0]}/"
            f"{s['lengths'][1]}; {report['device']}, {report['threads']}; median of {s['rounds']} rounds, "
            f"variants round-robin in one process. Matmul peak measured here: "
-           f"{report['matmul_peak_gflops']:.1f} GFLOP/s.", "",
-           "| train step | ms | / IA3 | / LoRA-r4 | FLOPs / IA3 | bytes / IA3 | % peak | memory MB (args + temp) | compile s |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           f"{report['matmul_peak_gflops']:.1f} GFLOP/s. Allocator: {report['allocator']}.", "",
+           "| train step | ms | / IA3 | / LoRA-r4 | FLOPs / IA3 | bytes / IA3 | % peak | memory MB (args + temp) "
+           "| page faults / step | compile s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   f2 = lambda v, fmt="{:.2f}": "-" if v is None else fmt.format(v)
   for name, r in report["train"].items():
     mem = (r.get("argument_mb") or 0) + (r.get("temp_mb") or 0)
     lines.append(f"| {name} | {r['step_ms']:.0f} | {f2(r.get('step_vs_ia3'))} | {f2(r.get('step_vs_lora_r4'))} | "
                  f"{f2(r.get('flops_vs_ia3'))} | {f2(r.get('bytes_vs_ia3'))} | "
                  f"{f2(r.get('percent_of_matmul_peak'), '{:.0f}')} | {f2(mem if mem else None, '{:.0f}')} | "
-                 f"{f2(r.get('compile_and_first_step_s'), '{:.0f}')} |")
+                 f"{f2(r.get('page_faults_per_step'), '{:.0f}')} | {f2(r.get('compile_and_first_step_s'), '{:.0f}')} |")
   if report.get("decode"):
     d = s["decode"]
     lines += ["", f"Greedy decoding: batch {d[0]}, {d[1]} input tokens, {d[2]} new tokens.", "",
@@ -123,6 +133,7 @@ def main(argv=None) -> dict:
           "baseline": args.baseline},
       "device": jax.devices()[0].device_kind, "host": platform.node(), "cpu_count": os.cpu_count(),
       "threads": os.environ.get("BENCH_THREADS", "threads not pinned by bench.run"),
+      "allocator": allocator(),
       "jax": jax.__version__, "matmul_peak_gflops": peak / 1e9, "train": train, "decode": dec,
       "total_s": time.perf_counter() - t_start}
   os.makedirs(args.out_dir, exist_ok=True)

@@ -111,7 +111,8 @@ def summarise(timed: dict, facts: dict, batch, peak_flops=None) -> dict:
   """Per variant: facts + median step, tokens/s, ratios to IA3 / LoRA-r4 of its own package."""
   out = {}
   for name, f in facts.items():
-    r = dict(f, step_ms=1e3 * timed[name]["median_s"], rounds_ms=[1e3 * t for t in timed[name]["rounds_s"]])
+    r = dict(f, step_ms=1e3 * timed[name]["median_s"], rounds_ms=[1e3 * t for t in timed[name]["rounds_s"]],
+             page_faults_per_step=timed[name]["page_faults"])
     r["tokens_per_sec"] = tokens_per_batch(batch) / timed[name]["median_s"]
     if peak_flops and r.get("flops"):
       r["percent_of_matmul_peak"] = 100.0 * r["flops"] / timed[name]["median_s"] / peak_flops

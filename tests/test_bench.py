@@ -34,3 +34,24 @@ def test_make_bench_writes_json_and_markdown_with_decoding_and_the_torch_step(tm
   assert (run.TORCH in train) == bool(has_torch)
   for name in list(train) + list(dec):
     assert f"| {name} |" in md
+  assert train["ia3"]["page_faults_per_step"] >= 0 and "page faults / step" in md
+  assert report["allocator"].startswith("glibc malloc") and report["allocator"] in md
+
+
+def test_round_robin_counts_the_page_faults_each_call_makes():
+  """Page faults are what an allocator that hands memory back to the OS costs
+  per step (see the Makefile's bench): a call touching 16 MiB of fresh
+  anonymous memory makes ~4096 of them, a call touching nothing makes none."""
+  import mmap
+  from bench import timing
+  size = 16 * 2 ** 20
+
+  def touch():
+    m = mmap.mmap(-1, size)
+    for i in range(0, size, mmap.PAGESIZE):
+      m[i] = 1
+    m.close()
+
+  r = timing.round_robin({"touch": touch, "nothing": lambda: None}, rounds=3)
+  assert size // mmap.PAGESIZE <= r["touch"]["page_faults"] < 2 * size // mmap.PAGESIZE
+  assert r["nothing"]["page_faults"] < 64
