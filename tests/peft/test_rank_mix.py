@@ -11,6 +11,7 @@ from flax import linen as nn
 from moe_jax.peft import rank_mix, sites
 from moe_jax.peft.molora import MoLoRASite
 from moe_jax.peft.routers import RouterConfig, load_balance_loss
+from tests.peft.common import assert_fused_site_matches_generic
 
 CTX = sites.AdapterContext(features={})
 Q = sites.SiteInfo("encoder/layer_0/self_attention/q", "encoder", 0, "self_attention", "q",
@@ -68,21 +69,7 @@ def test_site_fused_path_equals_the_unfused_one(info):
   fused, generic = site(), site(top_k=4, renormalize=True)
   params = nn.unbox(fused.init(jax.random.key(0), x, y, CTX))["params"]
   params = jax.tree_util.tree_map(lambda v: v + jnp.asarray(rng.randn(*v.shape) * 0.3, v.dtype), params)
-  weights = jnp.asarray(rng.randn(*y.shape), jnp.float32)
-
-  def loss(site, params, x, y):
-    out, state = site.apply({"params": params}, x, y, CTX, mutable=[sites.AUX_LOSS_COLLECTION])
-    return jnp.sum(out * weights) + sum(jax.tree_util.tree_leaves(state)), out
-
-  assert "routed_low_rank" in str(jax.make_jaxpr(lambda p: loss(fused, p, x, y))(params))
-  assert "routed_low_rank" not in str(jax.make_jaxpr(lambda p: loss(generic, p, x, y))(params))
-  (lf, of), gf = jax.value_and_grad(lambda *a: loss(fused, *a), argnums=(0, 1, 2), has_aux=True)(params, x, y)
-  (lg, og), gg = jax.value_and_grad(lambda *a: loss(generic, *a), argnums=(0, 1, 2), has_aux=True)(params, x, y)
-  np.testing.assert_allclose(of, og, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(lf, lg, rtol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(gf), jax.tree_util.tree_leaves(gg)):
-    assert np.abs(b).max() > 1e-3
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert_fused_site_matches_generic(fused, generic, params, x, y, "routed_low_rank")
 
 
 def test_rematerialised_layers_and_dropout_take_the_plain_path():

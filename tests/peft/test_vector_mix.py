@@ -10,6 +10,7 @@ from flax import linen as nn
 from moe_jax.peft import sites, vector_mix
 from moe_jax.peft.mov import MoVSite
 from moe_jax.peft.routers import RouterConfig, load_balance_loss
+from tests.peft.common import assert_fused_site_matches_generic
 
 CTX = sites.AdapterContext(features={})
 KV = sites.SiteInfo("encoder/layer_0/self_attention/k", "encoder", 0, "self_attention", "k",
@@ -63,22 +64,7 @@ def test_site_fused_path_equals_the_unfused_one(info):
   generic = MoVSite(info, RouterConfig(4, top_k=4, renormalize=True, load_balance_weight=0.5))
   params = nn.unbox(fused.init(jax.random.key(0), x, y, CTX))["params"]
   params = jax.tree_util.tree_map(lambda v: v + jnp.asarray(rng.randn(*v.shape) * 0.3, v.dtype), params)
-  weights = jnp.asarray(rng.randn(*y.shape), jnp.float32)
-
-  def loss(site, params, x, y):
-    out, state = site.apply({"params": params}, x, y, CTX, mutable=[sites.AUX_LOSS_COLLECTION])
-    aux = sum(jax.tree_util.tree_leaves(state))
-    return jnp.sum(out * weights) + aux, out
-
-  traced = jax.make_jaxpr(lambda p: loss(fused, p, x, y))(params)
-  assert "routed_scale" in str(traced)  # the fused path is the one taken
-  assert "routed_scale" not in str(jax.make_jaxpr(lambda p: loss(generic, p, x, y))(params))
-  (lf, of), gf = jax.value_and_grad(lambda *a: loss(fused, *a), argnums=(0, 1, 2), has_aux=True)(params, x, y)
-  (lg, og), gg = jax.value_and_grad(lambda *a: loss(generic, *a), argnums=(0, 1, 2), has_aux=True)(params, x, y)
-  np.testing.assert_allclose(of, og, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(lf, lg, rtol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(gf), jax.tree_util.tree_leaves(gg)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert_fused_site_matches_generic(fused, generic, params, x, y, "routed_scale", reads_x=info is FFN)
 
 
 def test_rematerialised_layers_take_the_plain_paths():
