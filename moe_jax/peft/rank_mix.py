@@ -3,7 +3,7 @@
     [h, l] = x [A | W_g],   p = softmax(l),   g = h * p (per expert's r columns),
     out = g B
 
-per token: x [..., D]; A [D, E*r] (every expert's A, experts major in the
+per token: x [N, D] (tokens flattened); A [D, E*r] (every expert's A, experts major in the
 columns); W_g [D, E]; B [E*r, O]. The math is MoLoRA's (molora.py, with
 lora.LowRankExperts); only the gradient is written out. Autodiff split the one
 [x @ [A | W_g]] product into slices whose gradients came back as pads and an
@@ -14,7 +14,7 @@ kernel's - a dozen small passes per site, each a separate XLA:CPU op. Here:
     gradient wants ([E*r, tokens] @ [tokens, O]);
   - the gradients of h and l are written as one [tokens, E*r + E] tensor and
     its expert-major transpose, read by one matmul each for x's and the
-    kernel's gradient (as thin_matmul.py, so XLA:CPU's fast dots take them).
+    kernel's gradient (thin_matmul's layouts, which XLA:CPU's fast dots take).
 `probs` is returned too (load-balancing loss, router statistics); its
 cotangent joins the mixture's.
 """
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from moe_jax.peft.thin_matmul import expert_major_product
 
 _barrier = jax.lax.optimization_barrier
 
@@ -63,7 +65,7 @@ def _backward(saved, cotangents):
   d_p = jnp.sum(d_g * h, axis=-1) + d_probs
   d_logits = probs * (d_p - jnp.sum(d_p * probs, axis=-1, keepdims=True))
   d_z = jnp.concatenate([d_h.reshape(d_h.shape[0], -1), d_logits], axis=-1)  # [N, E*r + E]
-  d_kernel = _barrier(_barrier(d_z.T) @ x).T  # expert-major product, then the small transpose
+  d_kernel = expert_major_product(d_z, x).T  # [E*r + E, D], then the small transpose
   d_x = _barrier(d_z) @ kernel.T
   split = kernel.shape[1] - num_experts
   return d_x, d_kernel[:, split:], d_kernel[:, :split], d_up
