@@ -28,6 +28,8 @@ import jax
 import optax
 from jax.sharding import PartitionSpec
 
+from moe_jax import second_moments
+
 UNFACTORED_AXES = ("expert", "rank")
 ROW_AXES = ("embed",)
 COLUMN_AXES = ("heads", "kv", "joined_kv", "mlp", "vocab")
@@ -99,12 +101,18 @@ def adafactor(learning_rate, logical_axes, *, decay_rate: float = 0.8, step_offs
     raise ValueError(f"adafactor step_offset={step_offset} must be >= 0")
 
   def make(factored):
-    # optax computes the decay at (count - decay_offset); a negative offset
-    # continues a pretrained run's step count instead of restarting it.
-    return optax.adafactor(learning_rate, min_dim_size_to_factor=min_dim_size_to_factor,
-                           decay_rate=decay_rate, decay_offset=-step_offset,
-                           multiply_by_parameter_scale=multiply_by_parameter_scale,
-                           clipping_threshold=clipping_threshold, factored=factored)
+    # optax.adafactor's chain (the same states, so the same checkpoints), its
+    # second-moment scaling with rsqrt (second_moments.py). optax computes the
+    # decay at (count - offset); a negative offset continues a pretrained run's
+    # step count instead of restarting it.
+    chain = [second_moments.scale_by_factored_rms(factored, decay_rate, -step_offset, min_dim_size_to_factor)]
+    if clipping_threshold is not None:
+      chain.append(optax.clip_by_block_rms(clipping_threshold))
+    chain.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+    if multiply_by_parameter_scale:
+      chain.append(optax.scale_by_param_block_rms())
+    chain.append(optax.scale(-1))
+    return optax.chain(*chain)
   is_spec = lambda x: isinstance(x, PartitionSpec)
   labels = jax.tree_util.tree_map(
       lambda spec: "unfactored" if any(a in UNFACTORED_AXES for a in spec if a) else "factored",
