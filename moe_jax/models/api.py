@@ -40,6 +40,16 @@ def cross_entropy(logits, targets, weights, z_loss: float):
   return xent, z_loss * jnp.square(log_z) * weights
 
 
+def token_correct(logits, targets):
+  """[..., V], [...] -> bool [...]: the target's logit is the largest. The same
+  as argmax == target except that a target tied for the largest counts (argmax
+  keeps the first index). XLA:CPU ran argmax's (value, index) reduction over
+  the vocabulary at ~4 ns per logit, 70 ms of a 3.5 s bench step; the max
+  alone is the one logsumexp takes anyway."""
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return target_logit >= jnp.max(logits, axis=-1)
+
+
 def per_sequence_totals(weights, segment_ids=None):
   """[B, T]: each token's sequence total of `weights`; a sequence is a packed
   segment when `segment_ids` [B, T] is given (t5x: _sum_weights_per_segment),
@@ -187,7 +197,7 @@ class BaseModel(abc.ABC):
     xent_loss, z_loss = jnp.sum(xent) / normalizer, jnp.sum(zl) / normalizer
     aux_loss = aux_loss_scale * sum_collection(aux.get(sites.AUX_LOSS_COLLECTION, {}))
     loss = xent_loss + z_loss + aux_loss
-    correct = (jnp.argmax(logits, -1) == targets) * token_weights
+    correct = token_correct(logits, targets) * token_weights
     metrics = {
         "loss": loss, "cross_entropy": xent_loss, "z_loss": z_loss, "aux_loss": aux_loss,
         "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(token_weights), 1e-8),

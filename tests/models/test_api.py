@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_jax.models import build_model, get_preset
+from moe_jax.models import api, build_model, get_preset
 
 T5_BATCH = {
     "encoder_input_tokens": jnp.array([[5, 6, 7, 1], [8, 9, 1, 0]], jnp.int32),
@@ -156,3 +156,22 @@ def test_packed_and_unpacked_sequences_give_the_same_loss(t5, normalizer):
     np.testing.assert_allclose(mp["cross_entropy"], per_seq.mean(), rtol=1e-5)
     _, norm = m.loss_weights_and_normalizer(packed)
     assert float(norm) == pytest.approx(4.0)  # four segments, not two rows
+
+
+def test_accuracy_counts_tokens_whose_target_logit_is_the_largest(t5):
+  model, params = t5
+  _, metrics = model.loss_fn(params, T5_BATCH, None)
+  logits = np.asarray(model.compute_logits(params, T5_BATCH))
+  tgt = np.asarray(T5_BATCH["decoder_target_tokens"])
+  w = tgt > 0
+  assert metrics["accuracy"] == pytest.approx(((logits.argmax(-1) == tgt) & w).sum() / w.sum())
+  # the same as argmax on random logits (no ties); a tie for the top counts
+  rng = np.random.default_rng(0)
+  many = rng.normal(size=(64, 50)).astype(np.float32)
+  targets = rng.integers(0, 50, size=64)
+  targets[:8] = many[:8].argmax(-1)  # some hits
+  np.testing.assert_array_equal(api.token_correct(jnp.asarray(many), jnp.asarray(targets)),
+                                many.argmax(-1) == targets)
+  tied = jnp.asarray([[1.0, 3.0, 3.0, 0.0]])
+  assert api.token_correct(tied, jnp.asarray([2])).tolist() == [True]
+  assert api.token_correct(tied, jnp.asarray([0])).tolist() == [False]
