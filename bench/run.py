@@ -60,6 +60,10 @@ def markdown(report) -> str:
                  f"{f2(r.get('flops_vs_ia3'))} | {f2(r.get('bytes_vs_ia3'))} | "
                  f"{f2(r.get('percent_of_matmul_peak'), '{:.0f}')} | {f2(mem if mem else None, '{:.0f}')} | "
                  f"{f2(r.get('page_faults_per_step'), '{:.0f}')} | {f2(r.get('compile_and_first_step_s'), '{:.0f}')} |")
+  if report.get("paired_ratios"):
+    lines += ["", "Per-round ratios (the two variants' steps in the same round), median [min-max]: " + "; ".join(
+        f"{k} {v['median']:.3f} [{v['min']:.3f}-{v['max']:.3f}]" for k, v in report["paired_ratios"].items())
+              + ". `lora_r40` is LoRA-r4 at rank 40: MoLoRA-10's rank arithmetic without routing."]
   if report.get("decode"):
     d = s["decode"]
     lines += ["", f"Greedy decoding: batch {d[0]}, {d[1]} input tokens, {d[2]} new tokens.", "",
@@ -134,7 +138,8 @@ def main(argv=None) -> dict:
       "device": jax.devices()[0].device_kind, "host": platform.node(), "cpu_count": os.cpu_count(),
       "threads": os.environ.get("BENCH_THREADS", "threads not pinned by bench.run"),
       "allocator": allocator(),
-      "jax": jax.__version__, "matmul_peak_gflops": peak / 1e9, "train": train, "decode": dec,
+      "jax": jax.__version__, "matmul_peak_gflops": peak / 1e9, "train": train,
+      "paired_ratios": train_step.paired_ratios(train), "decode": dec,
       "total_s": time.perf_counter() - t_start}
   os.makedirs(args.out_dir, exist_ok=True)
   _write(os.path.join(args.out_dir, "bench.json"), json.dumps(report, indent=1))

@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import platform
+import statistics
 import time
 
 import jax
@@ -26,7 +27,17 @@ import numpy as np
 
 from bench import timing
 
-METHODS = "ia3,lora_r4,mov_10,molora_10,moelora,milora,moa_4,full"
+METHODS = "ia3,lora_r4,mov_10,molora_10,lora_r40,moelora,milora,moa_4,full"
+
+
+def control_adapters(peft, name: str):
+  """Bench-only variants that are not method presets, or None.
+  "lora_r40": LoRA-r4's preset at rank 40 (alpha 160, the same scale 4) - the
+  rank arithmetic of MoLoRA-10 (10 experts x rank 4) without its routing, so
+  MoLoRA-10 / LoRA-r40 is what routing costs."""
+  if name == "lora_r40":
+    return dataclasses.replace(peft.PRESETS["lora_r4"], rank=40, alpha=160.0)
+  return None
 
 
 def make_batch(batch_size, in_len, out_len, vocab, seed=0):
@@ -73,8 +84,11 @@ def prepare(pkg, config, method: str, batch):
     adapters, regex = peft.NO_ADAPTERS, ".*"
   elif method in peft.PRESETS:
     adapters, regex = peft.PRESETS[method], None
+  elif control_adapters(peft, method) is not None:
+    adapters, regex = control_adapters(peft, method), None
   else:
-    raise SystemExit(f"unknown method preset {method!r}; choose from {sorted(peft.PRESETS)} or 'full'")
+    raise SystemExit(f"unknown method preset {method!r}; choose from {sorted(peft.PRESETS)}, 'lora_r40' "
+                     "or 'full'")
   model = models.build_model(config, adapters)
   params = model.init(jax.random.key(0), batch)
   mask = trainable_lib.trainable_mask(params, regex)
@@ -105,6 +119,25 @@ def prepare(pkg, config, method: str, batch):
 
 def tokens_per_batch(batch) -> int:
   return int(np.sum(batch["encoder_input_tokens"] > 0) + np.sum(batch["decoder_target_tokens"] > 0))
+
+
+# (variant, reference): the issue's targets and the routing control
+PAIRS = (("mov_10", "ia3"), ("molora_10", "lora_r4"), ("lora_r40", "lora_r4"), ("molora_10", "lora_r40"),
+         ("moa_4", "ia3"))
+
+
+def paired_ratios(train: dict) -> dict:
+  """"A / B" -> median, min and max over rounds of A's step / B's step in the
+  same round (steadier than a ratio of medians when the host's speed drifts),
+  for the PAIRS present, baseline rows ("before:") paired among themselves."""
+  out = {}
+  prefixes = sorted({name[:-len(name.split(":")[-1])] for name in train})
+  for prefix in prefixes:
+    for a, b in PAIRS:
+      if prefix + a in train and prefix + b in train:
+        r = [x / y for x, y in zip(train[prefix + a]["rounds_ms"], train[prefix + b]["rounds_ms"])]
+        out[f"{prefix}{a} / {b}"] = {"median": statistics.median(r), "min": min(r), "max": max(r)}
+  return out
 
 
 def summarise(timed: dict, facts: dict, batch, peak_flops=None) -> dict:

@@ -22,7 +22,7 @@ def test_train_step_benchmark_reports_every_method_side_by_side(tmp_path):
 
 def test_make_bench_writes_json_and_markdown_with_decoding_and_the_torch_step(tmp_path):
   report = run.main(["--preset=t5_1_1_tiny", "--layers=1", "--rounds=1", "--lengths=8,4", "--batch_size=2",
-                     "--methods=ia3,lora_r4", "--decode=2,6,3", "--decode_variants=base,moelora_merged",
+                     "--methods=ia3,lora_r4,lora_r40", "--decode=2,6,3", "--decode_variants=base,moelora_merged",
                      f"--out_dir={tmp_path}"])
   assert json.load(open(tmp_path / "bench.json")) == json.loads(json.dumps(report))
   md = (tmp_path / "bench.md").read_text()
@@ -36,6 +36,11 @@ def test_make_bench_writes_json_and_markdown_with_decoding_and_the_torch_step(tm
     assert f"| {name} |" in md
   assert train["ia3"]["page_faults_per_step"] >= 0 and "page faults / step" in md
   assert report["allocator"].startswith("glibc malloc") and report["allocator"] in md
+  # the routing control: LoRA-r4's preset at rank 40, ten times the trainable parameters
+  assert train["lora_r40"]["trainable_params"] == 10 * train["lora_r4"]["trainable_params"]
+  pair = report["paired_ratios"]["lora_r40 / lora_r4"]
+  assert pair["median"] == train["lora_r40"]["rounds_ms"][0] / train["lora_r4"]["rounds_ms"][0]
+  assert f"lora_r40 / lora_r4 {pair['median']:.3f}" in md
 
 
 def test_round_robin_counts_the_page_faults_each_call_makes():
@@ -55,3 +60,14 @@ def test_round_robin_counts_the_page_faults_each_call_makes():
   r = timing.round_robin({"touch": touch, "nothing": lambda: None}, rounds=3)
   assert size // mmap.PAGESIZE <= r["touch"]["page_faults"] < 2 * size // mmap.PAGESIZE
   assert r["nothing"]["page_faults"] < 64
+
+
+def test_paired_ratios_pair_rounds_within_one_package():
+  train = {"ia3": {"rounds_ms": [100.0, 200.0, 400.0]}, "mov_10": {"rounds_ms": [110.0, 240.0, 400.0]},
+           "before:ia3": {"rounds_ms": [100.0, 100.0, 100.0]}, "before:mov_10": {"rounds_ms": [150.0, 130.0, 120.0]},
+           "lora_r4": {"rounds_ms": [1.0, 1.0, 1.0]}}
+  r = train_step.paired_ratios(train)
+  # molora_10 and lora_r40 absent: only MoV-10 / IA3, once per package
+  assert set(r) == {"mov_10 / ia3", "before:mov_10 / ia3"}
+  assert r["mov_10 / ia3"] == {"median": 1.1, "min": 1.0, "max": 1.2}
+  assert r["before:mov_10 / ia3"] == {"median": 1.3, "min": 1.2, "max": 1.5}
