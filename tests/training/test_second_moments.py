@@ -10,8 +10,9 @@ from jax.sharding import PartitionSpec as P
 from moe_jax import optim, second_moments
 
 # factored [256, 192]; [10, 64, 4] too small to factor; [130, 6, 200] factored
-# over its two largest dims (0 and 2); a vector never factored
-SHAPES = {"mat": (256, 192), "small": (10, 64, 4), "t3": (130, 6, 200), "vec": (300,)}
+# over its two largest dims (0 and 2); a vector never factored; a square
+# matrix's tie broken as optax does
+SHAPES = {"mat": (256, 192), "small": (10, 64, 4), "t3": (130, 6, 200), "vec": (300,), "square": (128, 128)}
 
 
 def _tree(rng, scale=1.0):
