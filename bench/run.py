@@ -63,7 +63,8 @@ def markdown(report) -> str:
   if report.get("paired_ratios"):
     lines += ["", "Per-round ratios (the two variants' steps in the same round), median [min-max]: " + "; ".join(
         f"{k} {v['median']:.3f} [{v['min']:.3f}-{v['max']:.3f}]" for k, v in report["paired_ratios"].items())
-              + ". `lora_r40` is LoRA-r4 at rank 40: MoLoRA-10's rank arithmetic without routing."]
+              + (". `lora_r40` is LoRA-r4 at rank 40: MoLoRA-10's rank arithmetic without routing."
+                 if "lora_r40" in report["train"] else ".")]
   if report.get("decode"):
     d = s["decode"]
     lines += ["", f"Greedy decoding: batch {d[0]}, {d[1]} input tokens, {d[2]} new tokens.", "",

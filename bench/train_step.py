@@ -30,14 +30,11 @@ from bench import timing
 METHODS = "ia3,lora_r4,mov_10,molora_10,lora_r40,moelora,milora,moa_4,full"
 
 
-def control_adapters(peft, name: str):
-  """Bench-only variants that are not method presets, or None.
-  "lora_r40": LoRA-r4's preset at rank 40 (alpha 160, the same scale 4) - the
-  rank arithmetic of MoLoRA-10 (10 experts x rank 4) without its routing, so
-  MoLoRA-10 / LoRA-r40 is what routing costs."""
-  if name == "lora_r40":
-    return dataclasses.replace(peft.PRESETS["lora_r4"], rank=40, alpha=160.0)
-  return None
+# Bench-only variants that are not method presets: name -> adapters from a peft package.
+# "lora_r40": LoRA-r4's preset at rank 40 (alpha 160, the same scale 4) - the rank
+# arithmetic of MoLoRA-10 (10 experts x rank 4) without its routing, so
+# MoLoRA-10 / LoRA-r40 is what routing costs.
+CONTROLS = {"lora_r40": lambda peft: dataclasses.replace(peft.PRESETS["lora_r4"], rank=40, alpha=160.0)}
 
 
 def make_batch(batch_size, in_len, out_len, vocab, seed=0):
@@ -84,11 +81,11 @@ def prepare(pkg, config, method: str, batch):
     adapters, regex = peft.NO_ADAPTERS, ".*"
   elif method in peft.PRESETS:
     adapters, regex = peft.PRESETS[method], None
-  elif control_adapters(peft, method) is not None:
-    adapters, regex = control_adapters(peft, method), None
+  elif method in CONTROLS:
+    adapters, regex = CONTROLS[method](peft), None
   else:
-    raise SystemExit(f"unknown method preset {method!r}; choose from {sorted(peft.PRESETS)}, 'lora_r40' "
-                     "or 'full'")
+    raise SystemExit(f"unknown method preset {method!r}; choose from {sorted(peft.PRESETS)}, "
+                     f"{sorted(CONTROLS)} or 'full'")
   model = models.build_model(config, adapters)
   params = model.init(jax.random.key(0), batch)
   mask = trainable_lib.trainable_mask(params, regex)

@@ -65,9 +65,10 @@ def test_round_robin_counts_the_page_faults_each_call_makes():
 def test_paired_ratios_pair_rounds_within_one_package():
   train = {"ia3": {"rounds_ms": [100.0, 200.0, 400.0]}, "mov_10": {"rounds_ms": [110.0, 240.0, 400.0]},
            "before:ia3": {"rounds_ms": [100.0, 100.0, 100.0]}, "before:mov_10": {"rounds_ms": [150.0, 130.0, 120.0]},
-           "lora_r4": {"rounds_ms": [1.0, 1.0, 1.0]}}
+           "lora_r4": {"rounds_ms": [1.0, 1.0, 1.0]}, "before:molora_10": {"rounds_ms": [5.0, 5.0, 5.0]}}
   r = train_step.paired_ratios(train)
-  # molora_10 and lora_r40 absent: only MoV-10 / IA3, once per package
+  # molora_10 and lora_r40 absent, and before:molora_10 has no before:lora_r4
+  # (lora_r4 belongs to the other package): only MoV-10 / IA3, once per package
   assert set(r) == {"mov_10 / ia3", "before:mov_10 / ia3"}
   assert r["mov_10 / ia3"] == {"median": 1.1, "min": 1.0, "max": 1.2}
   assert r["before:mov_10 / ia3"] == {"median": 1.3, "min": 1.2, "max": 1.5}
