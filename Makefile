@@ -23,8 +23,9 @@ $(RUNTIME_STAMP): setup.py
 	$(PY) -m pip install --quiet --no-deps --ignore-requires-python promptsource==0.2.3
 	touch $(RUNTIME_STAMP)
 
+# The tpu extra: the planner's tests compile for TPU slices with libtpu (no TPU needed).
 $(TEST_STAMP): $(RUNTIME_STAMP)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,tpu]'
 	touch $(TEST_STAMP)
 
 # Each `make demo` starts afresh in $(DEMO_DIR) (a run there would otherwise resume).

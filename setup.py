@@ -37,6 +37,10 @@ TEST = [
     "datasets==5.2.0",  # the hf data source (optional at run time; its offline test)
 ]
 
+# XLA:TPU ahead-of-time compilation on any host (python -m moe_jax.plan --topology=...),
+# and the runtime on a TPU VM: jax's TPU extra brings libtpu (~680 MB) from the index.
+TPU = ["jax[tpu]==0.10.2"]
+
 setuptools.setup(
     name="moe-jax",
     version="0.1.0",
@@ -46,6 +50,6 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["moe_jax", "moe_jax.*", "tasks", "tasks.*"]),
     python_requires=">=3.10",
     install_requires=RUNTIME,
-    extras_require={"test": TEST},
+    extras_require={"test": TEST, "tpu": TPU},
     license="Apache-2.0",
 )

@@ -1,34 +1,67 @@
-"""python -m moe_jax.plan --gin_file=gin_configs/mov_t5_3b.gin --devices=8 [--gin.KEY=VALUE ...]
+"""Sizes a run before a pod is booked: compiles its programs for the slice.
 
-Sizes a run before it touches a pod: simulates `--devices` CPU devices,
-builds the configured model, mesh, partitioning rules and train step, and
-ahead-of-time compiles that step on abstract arrays (nothing is allocated).
-Prints a table and, as its last line, one JSON object:
-  params, trainable, per_device_argument_gib, per_device_temp_gib,
-  per_device_output_gib, flops_per_device, compile_s.
-XLA:CPU's buffer assignment and fusion differ from TPU's and GPU's: read the
-numbers as estimates of the same program, good for comparing settings
-(remat, scan, rules, batch) and for an order of magnitude per device.
+  python -m moe_jax.plan --gin_file=gin_configs/mov_t5_3b.gin --topology=v4-32 --gin.MESH_SHAPE="(-1, 2)"
+  python -m moe_jax.plan --gin_file=gin_configs/demo.gin --devices=8     (no libtpu: XLA:CPU)
+
+`--topology=ACCELERATOR_TYPE` (a Cloud TPU type: v4-32, v5litepod-16, v5p-32,
+v6e-8, ...) compiles with the real XLA:TPU compiler for that slice, on this
+host, from libtpu's description of it (`pip install 'jax[tpu]'`; no TPU
+needed). `--devices=N` instead simulates N XLA:CPU devices (an estimate: CPU
+buffer assignment and fusion differ from TPU's and GPU's).
+
+On the run's mesh (`MESH_SHAPE`, data = -1 takes the rest) and partitioning
+rules it compiles, on abstract arrays (nothing is allocated):
+- `train`: the train step at TASK_FEATURE_LENGTHS, BATCH_SIZE, PACK;
+- `score`: the zero-shot evaluator's scoring step at EVAL_FEATURE_LENGTHS, EVAL_BATCH_SIZE;
+- `decode`: `moe_jax.infer`'s decoding (prompt pass and greedy/beam loop) at
+  infer's inputs_length, batch_size, max_decode_length, num_beams (bound in
+  gin, else infer's defaults).
+Prints a table and, last, one JSON line. Each step reports per-chip memory
+(arguments + outputs - donated + temporaries + code), FLOPs counting every
+layer (moe_jax/flops.py: XLA's own count sees a scanned stack's body once),
+and on a TPU slice a roofline lower bound on its time from the chip's peak
+(moe_jax/tpu_slices.py), tokens/s and the days TRAIN_STEPS would take.
+
+A step that does not fit a chip's memory exits 2 with one line naming the
+step, the GiB it needs, the chip's GiB and what would reduce it.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
+import re
 import sys
 import time
+from typing import Optional
+
+GIB = 2.0 ** 30
+STEPS = ("train", "score", "decode")
 
 
-def _take_devices(argv):
-  """--devices=N is ours; the rest goes to gin."""
-  devices, rest = 1, []
+class DoesNotFit(ValueError):
+  pass
+
+
+def _take_target(argv):
+  """--devices=N / --topology=TYPE are ours; the rest goes to gin."""
+  devices, topology, rest = None, None, []
   for a in argv:
     if a.startswith("--devices="):
       devices = int(a.split("=", 1)[1])
+    elif a.startswith("--topology="):
+      topology = a.split("=", 1)[1]
     else:
       rest.append(a)
-  if devices < 1:
+  if devices is not None and topology is not None:
+    raise ValueError("give --devices=N (XLA:CPU simulation) or --topology=TYPE (XLA:TPU), not both")
+  if devices is not None and devices < 1:
     raise ValueError(f"--devices={devices} must be >= 1")
-  return devices, rest
+  if topology is not None:
+    from moe_jax import tpu_slices
+    topology = tpu_slices.parse(topology)
+  return devices or 1, topology, rest
 
 
 def abstract_batch(model, lengths: dict, batch_size: int, pack: bool, sharding, extra_features=()):
@@ -43,6 +76,8 @@ def abstract_batch(model, lengths: dict, batch_size: int, pack: bool, sharding, 
     n = lengths["inputs"] + lengths["targets"]
     batch = {k: spec(b, n) for k in ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
                                      "decoder_causal_attention")}
+    if pack:
+      batch.update(decoder_segment_ids=spec(b, n), decoder_positions=spec(b, n))
   else:
     li, lt = lengths["inputs"], lengths["targets"]
     batch = {"encoder_input_tokens": spec(b, li), "decoder_input_tokens": spec(b, lt),
@@ -57,93 +92,272 @@ def abstract_batch(model, lengths: dict, batch_size: int, pack: bool, sharding, 
   return batch
 
 
-def plan() -> dict:
+def _infer_setting(gin, name):
+  """infer's binding of `name` if a gin file made one, else infer's default."""
+  try:
+    return gin.query_parameter(f"infer.{name}")
+  except ValueError:
+    from moe_jax import inference
+    return inspect.signature(inference.infer).parameters[name].default
+
+
+class _Config:
+  """The gin macros the planner reads. A name no configuration defines is an
+  error (a misspelling would otherwise plan the default silently); `default`
+  covers only optional macros that finetune.gin may not bind."""
+
+  def __init__(self, gin):
+    self.gin = gin
+
+  def __call__(self, name, default=inspect.Parameter.empty):
+    try:
+      value = self.gin.query_parameter(f"%{name}")
+    except ValueError:
+      if default is inspect.Parameter.empty:
+        raise ValueError(f"the configuration defines no macro {name} (the planner reads it; include "
+                         "gin_configs/runs/finetune.gin or set it)") from None
+      return default
+    while type(value).__name__ == "MacroReference" or isinstance(value, self.gin.config.ConfigurableReference):
+      value = self.gin.query_parameter(f"%{value.name}")
+    return value
+
+
+def _placed(partitioner, tree, tree_axes):
+  import jax
+  shardings = partitioner.param_shardings(tree_axes)
+  return jax.tree_util.tree_map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d), tree, shardings)
+
+
+def _batch_sharding(partitioner, batch_size):
+  """Split over `data` when the batch divides; else replicated (a small
+  decode or eval batch on a large slice)."""
+  data = partitioner.mesh.shape["data"]
+  return partitioner.batch_sharding if batch_size % data == 0 else (lambda _: partitioner.replicated())
+
+
+def _programs(model, partitioner, cfg) -> dict:
+  """name -> (jitted function, abstract arguments, while-loop trips, tokens per call)."""
   import gin
   import jax
   from flax import linen as nn
 
-  from moe_jax import gin_utils, optim, partitioning, routing_embeddings, trainer
+  from moe_jax import routing_embeddings, trainer
+  from moe_jax.models import build_model
   from moe_jax.peft.trainable import trainable_mask
-  macro = lambda name, default=None: _macro(gin, name, default)
-  model = gin_utils.model()
-  lengths, batch_size = macro("TASK_FEATURE_LENGTHS"), macro("BATCH_SIZE")
-  pack, mesh_shape = macro("PACK", False), tuple(macro("MESH_SHAPE", (-1, 1)))
-  partitioner = partitioning.Partitioner(partitioning.make_mesh(*mesh_shape),
-                                         partitioning.rules(macro("PARTITIONING_RULES", "default")))
   variables = model.abstract_variables()
   shapes, axes = nn.unbox(variables)["params"], nn.get_partition_spec(variables)["params"]
-  mask = trainable_mask(shapes, macro("TRAINABLE_REGEX"))
+  mask = trainable_mask(shapes, cfg("TRAINABLE_REGEX", None))
   t_shapes, f_shapes = trainer.split_params(shapes, mask)
   t_axes, f_axes = trainer._subtree(axes, t_shapes), trainer._subtree(axes, f_shapes)
-  step = trainer.TrainStep(model, partitioner, t_axes, macro("LEARNING_RATE", 3e-4), macro("DECAY_RATE", 0.8),
-                           macro("GRAD_ACCUM_STEPS", 1), macro("ADAFACTOR_STEP_OFFSET") or 0)
+  step = trainer.TrainStep(model, partitioner, t_axes, cfg("LEARNING_RATE"), cfg("DECAY_RATE"),
+                           cfg("GRAD_ACCUM_STEPS"), cfg("ADAFACTOR_STEP_OFFSET") or 0)
+  extra = ("routing_embedding",) if routing_embeddings.needed(model.adapters) else ()
+  lengths, batch_size, pack = cfg("TASK_FEATURE_LENGTHS"), cfg("BATCH_SIZE"), cfg("PACK")
+  key = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype, sharding=partitioner.replicated())
+  out = {}
+  with partitioner.context():
+    t_abs, f_abs = _placed(partitioner, t_shapes, t_axes), _placed(partitioner, f_shapes, f_axes)
+    o_shapes = jax.eval_shape(step.tx.init, t_abs)
+    o_shardings = jax.jit(step.tx.init).lower(t_abs).compile().output_shardings
+    o_abs = jax.tree_util.tree_map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d),
+                                   o_shapes, o_shardings)
+    batch = abstract_batch(model, lengths, batch_size, pack, partitioner.batch_sharding, extra)
+    out["train"] = (step.jitted(t_abs, o_abs), (t_abs, f_abs, o_abs, batch, key), 1,
+                    batch_size * (lengths["inputs"] + lengths["targets"]))
 
-  def placed(tree, tree_axes):
-    sh = partitioner.param_shardings(tree_axes)
-    return jax.tree_util.tree_map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d), tree, sh)
+    all_abs = _placed(partitioner, shapes, axes)
+    eval_lengths, eval_batch = cfg("EVAL_FEATURE_LENGTHS", lengths), cfg("EVAL_BATCH_SIZE", 32)
+    eval_in = abstract_batch(model, eval_lengths, eval_batch, False, _batch_sharding(partitioner, eval_batch), extra)
+    out["score"] = (jax.jit(model._score), (all_abs, eval_in), 1,
+                    eval_batch * (eval_lengths["inputs"] + eval_lengths["targets"]))
+
+    n, li = _infer_setting(gin, "batch_size"), _infer_setting(gin, "inputs_length")
+    decode_len, beams = _infer_setting(gin, "max_decode_length"), _infer_setting(gin, "num_beams")
+    decoder, params = model, all_abs
+    if hasattr(model.adapters, "merge_task"):  # infer decodes a task's weights merged into a plain backbone
+      decoder = build_model(model.config)
+      plain = decoder.abstract_variables()
+      params = _placed(partitioner, nn.unbox(plain)["params"], nn.get_partition_spec(plain)["params"])
+    sharding = _batch_sharding(partitioner, n)
+    spec = lambda *shape: jax.ShapeDtypeStruct(shape, "int32", sharding=sharding(len(shape)))  # noqa: E731
+    prompt = ({"decoder_input_tokens": spec(n, li), "decoder_causal_attention": spec(n, li)}
+              if model.config.family == "decoder" else {"encoder_input_tokens": spec(n, li)})
+    prompt.update(task_id=spec(n), domain_id=spec(n))
+    for k in extra:
+      prompt[k] = jax.ShapeDtypeStruct((n, model.config.d_model), "float32", sharding=sharding(2))
+    predict = functools.partial(decoder._predict, max_decode_length=decode_len, num_beams=beams)
+    out["decode"] = (jax.jit(predict), (params, prompt), decode_len, n * (li + decode_len))
+  out["_counts"] = (shapes, t_shapes)
+  return out
+
+
+def _compile(partitioner, fn, args, while_trips, tokens, slice_) -> dict:
+  from moe_jax import flops
   started = time.perf_counter()
   with partitioner.context():
-    t_abs, f_abs = placed(t_shapes, t_axes), placed(f_shapes, f_axes)
-    init = jax.jit(step.tx.init).lower(t_abs).compile()
-    o_abs = jax.tree_util.tree_map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d),
-                                   jax.eval_shape(step.tx.init, t_abs), init.output_shardings)
-    extra = ("routing_embedding",) if routing_embeddings.needed(model.adapters) else ()
-    batch = abstract_batch(model, lengths, batch_size, pack, partitioner.batch_sharding, extra)
-    compiled = step.jitted(t_abs, o_abs).lower(t_abs, f_abs, o_abs, batch, jax.random.key(0)).compile()
+    traced = fn.trace(*args)
+    compiled = traced.lower().compile()
   compile_s = time.perf_counter() - started
-  mem, cost = compiled.memory_analysis(), compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  count = lambda tree: sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
-  gib = 2.0 ** 30
-  return {
-      "model": type(model.config).__name__, "devices": jax.device_count(), "mesh": dict(partitioner.mesh.shape),
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  chips = len(partitioner.mesh.devices.flat)
+  counted = flops.of_traced(traced, while_trips)
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+           + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+  r = {"per_chip_argument_gib": mem.argument_size_in_bytes / GIB,
+       "per_chip_output_gib": mem.output_size_in_bytes / GIB,
+       "per_chip_alias_gib": mem.alias_size_in_bytes / GIB,
+       "per_chip_temp_gib": mem.temp_size_in_bytes / GIB,
+       "per_chip_total_gib": total / GIB,
+       "flops_per_step": float(counted["flops"]),
+       "flops_per_chip": float(counted["flops"]) / chips,
+       "xla_flops_per_chip": float(cost.get("flops", 0.0)),  # loop bodies counted once
+       "xla_bytes_accessed_per_chip": float(cost.get("bytes accessed", 0.0)),
+       "compile_s": compile_s, "tokens_per_call": tokens}
+  if slice_ is not None:
+    r["headroom_gib"] = slice_.hbm_gib - r["per_chip_total_gib"]
+    # Lower bounds: the chip's peak bf16 rate on every FLOP, and XLA's bytes
+    # accessed (a loop body once, so itself a lower bound) at HBM bandwidth.
+    compute_s = r["flops_per_chip"] / slice_.peak_bf16_flops
+    memory_s = r["xla_bytes_accessed_per_chip"] / slice_.hbm_bytes_per_s
+    r["roofline_s"] = max(compute_s, memory_s)
+    r["roofline_bound"] = "compute" if compute_s >= memory_s else "memory"
+    r["tokens_per_s"] = tokens / r["roofline_s"] if r["roofline_s"] else None
+  r["compile_s"] = round(compile_s, 2)
+  return {k: (round(v, 4) if k.endswith("gib") else v) for k, v in r.items()}
+
+
+def _advice(cfg, slice_, step_name) -> str:
+  """What would reduce a step's memory, leaving out what the run already does."""
+  tips = []
+  if cfg("REMAT_POLICY", "none") != "full":
+    tips.append("REMAT_POLICY='full'")
+  if cfg("PARTITIONING_RULES", "default") != "fsdp":
+    tips.append("PARTITIONING_RULES='fsdp'")
+  tips.append(f"a larger slice than {slice_.accelerator_type}")
+  if step_name == "train":
+    tips.append(f"a smaller BATCH_SIZE (now {cfg('BATCH_SIZE')}) or GRAD_ACCUM_STEPS > 1")
+  elif step_name == "score":
+    tips.append(f"a smaller EVAL_BATCH_SIZE (now {cfg('EVAL_BATCH_SIZE', 32)})")
+  else:
+    tips.append("a smaller infer.batch_size")
+  return ", ".join(tips)
+
+
+def _exhausted(message: str) -> tuple[str, str]:
+  """(needed, available) from XLA:TPU's out-of-memory error, e.g. "... HLO
+  temporaries (70.72G) exceeds available HBM (15.75G)"."""
+  sizes = re.findall(r"(\d+(?:\.\d+)?)\s*([KMGT])i?B?\b", message.split("RESOURCE_EXHAUSTED", 1)[1])
+  if len(sizes) >= 2:
+    return tuple(f"{v} {u}iB" for v, u in sizes[:2])
+  return "more than", "the HBM XLA:TPU allows"
+
+
+def _does_not_fit(cfg, slice_, step_name, need: str, have: str) -> str:
+  return (f"the {step_name} step needs {need} per chip; {slice_.accelerator_type} chips have {have} of HBM; "
+          f"reduce it with {_advice(cfg, slice_, step_name)}")
+
+
+def plan(slice_=None) -> dict:
+  import gin
+  import jax
+
+  from moe_jax import gin_utils, optim, partitioning
+  cfg = _Config(gin)
+  model = gin_utils.model()
+  devices = slice_.devices() if slice_ is not None else jax.devices()
+  mesh_shape = tuple(cfg("MESH_SHAPE"))
+  partitioner = partitioning.Partitioner(partitioning.make_mesh(*mesh_shape, devices=devices),
+                                         partitioning.rules(cfg("PARTITIONING_RULES")))
+  programs = _programs(model, partitioner, cfg)
+  shapes, t_shapes = programs.pop("_counts")
+  steps = {}
+  for name in STEPS:  # the first step that does not fit ends the plan
+    try:
+      steps[name] = _compile(partitioner, *programs[name], slice_)
+    except Exception as e:  # XLA:TPU refuses a program larger than the chip's HBM
+      if slice_ is None or "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      need, have = _exhausted(str(e))
+      raise DoesNotFit(_does_not_fit(cfg, slice_, name, need, have)) from None
+    need = steps[name]["per_chip_total_gib"]
+    if slice_ is not None and need > slice_.hbm_gib:
+      raise DoesNotFit(_does_not_fit(cfg, slice_, name, f"{need:.2f} GiB", f"{slice_.hbm_gib:g} GiB"))
+  count = lambda tree: sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))  # noqa: E731
+  train = steps["train"]
+  out = {
+      "model": type(model.config).__name__, "method": type(model.adapters).__name__,
+      "compiler": "xla-tpu" if slice_ is not None else "xla-cpu-simulated",
+      "topology": slice_.accelerator_type if slice_ is not None else None,
+      "libtpu_topology": slice_.topology if slice_ is not None else None,
+      "chips": len(devices), "devices": len(devices), "mesh": dict(partitioner.mesh.shape),
+      "hbm_per_chip_gib": slice_.hbm_gib if slice_ is not None else None,
       "params": count(shapes), "trainable": count(t_shapes),
-      "per_device_argument_gib": round(mem.argument_size_in_bytes / gib, 3),
-      "per_device_temp_gib": round(mem.temp_size_in_bytes / gib, 3),
-      "per_device_output_gib": round(mem.output_size_in_bytes / gib, 3),
-      "flops_per_device": float(cost.get("flops", 0.0)) if cost else 0.0,
-      "compile_s": round(compile_s, 1),
-      "adafactor_first_decay": optim.decay_rate_at(1, macro("DECAY_RATE", 0.8), macro("ADAFACTOR_STEP_OFFSET") or 0),
+      # The train step's figures, under the names earlier plans used.
+      "per_device_argument_gib": round(train["per_chip_argument_gib"], 3),
+      "per_device_temp_gib": round(train["per_chip_temp_gib"], 3),
+      "per_device_output_gib": round(train["per_chip_output_gib"], 3),
+      "flops_per_device": train["flops_per_chip"], "compile_s": round(train["compile_s"], 1),
+      "train_steps": cfg("TRAIN_STEPS", None),
+      "steps": steps,
+      "adafactor_first_decay": optim.decay_rate_at(1, cfg("DECAY_RATE"), cfg("ADAFACTOR_STEP_OFFSET") or 0),
   }
-
-
-def _macro(gin, name, default=None):
-  try:
-    value = gin.query_parameter(f"%{name}")
-  except ValueError:
-    return default
-  while isinstance(value, gin.config.ConfigurableReference) or type(value).__name__ == "MacroReference":
-    value = gin.query_parameter(f"%{value.name}") if hasattr(value, "name") else value
-  return value
+  if slice_ is not None and out["train_steps"]:
+    out["days_to_train_steps"] = out["train_steps"] * train["roofline_s"] / 86400
+  return out
 
 
 def table(result: dict) -> str:
-  rows = [("model", result["model"]), ("devices / mesh", f"{result['devices']} / {result['mesh']}"),
-          ("parameters", f"{result['params']:,}"), ("trainable", f"{result['trainable']:,}"),
-          ("arguments per device", f"{result['per_device_argument_gib']:.2f} GiB"),
-          ("temporaries per device", f"{result['per_device_temp_gib']:.2f} GiB"),
-          ("outputs per device", f"{result['per_device_output_gib']:.2f} GiB"),
-          ("FLOPs per device per step", f"{result['flops_per_device']:.3g}"),
-          ("compile", f"{result['compile_s']:.1f} s")]
-  width = max(len(k) for k, _ in rows)
-  return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+  head = [("model / method", f"{result['model']} / {result['method']}"),
+          ("compiler", f"{result['compiler']}" + (f" for {result['topology']} ({result['libtpu_topology']})"
+                                                  if result["topology"] else "")),
+          ("chips / mesh", f"{result['chips']} / {result['mesh']}"),
+          ("HBM per chip", f"{result['hbm_per_chip_gib']:g} GiB" if result["hbm_per_chip_gib"] else "-"),
+          ("parameters", f"{result['params']:,}"), ("trainable", f"{result['trainable']:,}")]
+  if "days_to_train_steps" in result:
+    head.append((f"days for {result['train_steps']:,} steps (roofline)", f"{result['days_to_train_steps']:.3g}"))
+  width = max(len(k) for k, _ in head)
+  lines = [f"{k.ljust(width)}  {v}" for k, v in head]
+  cols = ("step", "args GiB", "temps GiB", "total GiB", "headroom GiB", "FLOPs/step", "roofline s",
+          "tokens/s", "compile s")
+  rows = []
+  for name, s in result["steps"].items():
+    fmt = lambda k, f: (f.format(s[k]) if s.get(k) is not None else "-")  # noqa: E731
+    rows.append((name, fmt("per_chip_argument_gib", "{:.2f}"), fmt("per_chip_temp_gib", "{:.2f}"),
+                 fmt("per_chip_total_gib", "{:.2f}"), fmt("headroom_gib", "{:.2f}"), fmt("flops_per_step", "{:.3g}"),
+                 fmt("roofline_s", "{:.4f}"), fmt("tokens_per_s", "{:,.0f}"), fmt("compile_s", "{:.1f}")))
+  widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+  lines.append("")
+  lines.append("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
+  lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+  lines.append("(per chip; FLOPs/step of the whole program, every layer counted; roofline: lower bound "
+               "from the chip's peak bf16 FLOP/s and HBM bandwidth)")
+  return "\n".join(lines)
 
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   try:
-    devices, rest = _take_devices(argv)
+    devices, slice_, rest = _take_target(argv)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]
   os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
+  # The host's own backend is CPU either way (the slice is described, not attached).
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  if slice_ is not None and os.environ["JAX_PLATFORMS"] == "cpu":
+    # libtpu, describing the slice, would look for a TPU VM's metadata and
+    # print a screenful of warnings when it finds none: say what it would ask.
+    for k, v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", slice_.accelerator_type),
+                 ("TPU_WORKER_HOSTNAMES", "localhost")):
+      os.environ.setdefault(k, v)
   from moe_jax import gin_utils
   out = {}
 
   def run():
-    out.update(plan())
+    out.update(plan(slice_))
   code = gin_utils.run(run, rest)
   if code == 0:
     print(table(out))
