@@ -117,8 +117,11 @@ class _Config:
         raise ValueError(f"the configuration defines no macro {name} (the planner reads it; include "
                          "gin_configs/runs/finetune.gin or set it)") from None
       return default
-    while type(value).__name__ == "MacroReference" or isinstance(value, self.gin.config.ConfigurableReference):
-      value = self.gin.query_parameter(f"%{value.name}")
+    # A macro bound to another macro (EVAL_FEATURE_LENGTHS = %TASK_FEATURE_LENGTHS)
+    # comes back as a reference to `MACRO/gin.macro`.
+    while (isinstance(value, self.gin.config.ConfigurableReference)
+           and value.scoped_selector.endswith("/gin.macro")):
+      value = self.gin.query_parameter("%" + value.scoped_selector.rsplit("/", 1)[0])
     return value
 
 
@@ -153,6 +156,11 @@ def _programs(model, partitioner, cfg) -> dict:
                            cfg("GRAD_ACCUM_STEPS"), cfg("ADAFACTOR_STEP_OFFSET") or 0)
   extra = ("routing_embedding",) if routing_embeddings.needed(model.adapters) else ()
   lengths, batch_size, pack = cfg("TASK_FEATURE_LENGTHS"), cfg("BATCH_SIZE"), cfg("PACK")
+  data = partitioner.mesh.shape["data"]
+  if batch_size % data:
+    raise ValueError(f"BATCH_SIZE={batch_size} does not split over the data axis of the mesh "
+                     f"{dict(partitioner.mesh.shape)}; set a multiple of {data}, or a MESH_SHAPE with a larger "
+                     "model axis")
   key = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype, sharding=partitioner.replicated())
   out = {}
   with partitioner.context():
@@ -186,7 +194,7 @@ def _programs(model, partitioner, cfg) -> dict:
     for k in extra:
       prompt[k] = jax.ShapeDtypeStruct((n, model.config.d_model), "float32", sharding=sharding(2))
     predict = functools.partial(decoder._predict, max_decode_length=decode_len, num_beams=beams)
-    out["decode"] = (jax.jit(predict), (params, prompt), decode_len, n * (li + decode_len))
+    out["decode"] = (jax.jit(predict), (params, prompt), decode_len, n * decode_len)  # tokens generated
   out["_counts"] = (shapes, t_shapes)
   return out
 
@@ -347,12 +355,6 @@ def main(argv=None) -> int:
   os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
   # The host's own backend is CPU either way (the slice is described, not attached).
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  if slice_ is not None and os.environ["JAX_PLATFORMS"] == "cpu":
-    # libtpu, describing the slice, would look for a TPU VM's metadata and
-    # print a screenful of warnings when it finds none: say what it would ask.
-    for k, v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", slice_.accelerator_type),
-                 ("TPU_WORKER_HOSTNAMES", "localhost")):
-      os.environ.setdefault(k, v)
   from moe_jax import gin_utils
   out = {}
 

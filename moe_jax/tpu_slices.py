@@ -45,7 +45,15 @@ class Slice:
   def devices(self) -> list:
     """The slice's devices, described by libtpu (no TPU needed): for
     ahead-of-time compilation only; no array can be placed on them."""
+    import os
+
     from jax.experimental import topologies
+    # Off a TPU VM libtpu would query the VM's metadata and print a screenful
+    # of warnings when none answers, and several processes at once (test
+    # workers) would contend for its lock file: tell it what it would ask.
+    for k, v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", self.accelerator_type),
+                 ("TPU_WORKER_HOSTNAMES", "localhost"), ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
+      os.environ.setdefault(k, v)
     kwargs = {"chip_config_name": self.chip_config} if self.chip_config else {}
     try:
       topology = topologies.get_topology_desc(topology_name=self.topology, platform="tpu", **kwargs)

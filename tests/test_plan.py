@@ -49,8 +49,10 @@ def test_simulated_devices_follow_the_gin_mesh_and_batch_and_see_rematerialisati
 
 
 def test_tpu_slices_compile_with_xla_tpu_and_scanned_flops_count_every_layer():
-  unrolled, text = _plan(*TINY, "--topology=v4-8", "--gin.SCAN_LAYERS=False")
-  scanned, _ = _plan(*TINY, "--topology=v5litepod-4", "--gin.SCAN_LAYERS=True")
+  # EVAL_FEATURE_LENGTHS bound to another macro, as finetune.gin binds it.
+  eval_flags = ("--gin.EVAL_FEATURE_LENGTHS=%TASK_FEATURE_LENGTHS", "--gin.EVAL_BATCH_SIZE=4")
+  unrolled, text = _plan(*TINY, *eval_flags, "--topology=v4-8", "--gin.SCAN_LAYERS=False")
+  scanned, _ = _plan(*TINY, *eval_flags, "--topology=v5litepod-4", "--gin.SCAN_LAYERS=True")
   for r, hbm in ((unrolled, 32.0), (scanned, 16.0)):
     assert r["compiler"] == "xla-tpu" and r["chips"] == 4 and r["hbm_per_chip_gib"] == hbm
     assert r["mesh"] == {"data": 4, "model": 1}
@@ -62,6 +64,8 @@ def test_tpu_slices_compile_with_xla_tpu_and_scanned_flops_count_every_layer():
                                                                           rel=0.01)
     assert r["days_to_train_steps"] == pytest.approx(300 * r["steps"]["train"]["roofline_s"] / 86400, rel=0.01)
   assert (unrolled["libtpu_topology"], scanned["libtpu_topology"]) == ("v4:2x2x1", "v5e:2x2")
+  assert unrolled["steps"]["score"]["tokens_per_call"] == 4 * (64 + 16)
+  assert unrolled["steps"]["decode"]["tokens_per_call"] == 8 * 64  # infer's batch_size x max_decode_length
   assert "xla-tpu for v4-8" in text and "headroom" in text
   # The same program, scanned or not: the counted FLOPs agree; XLA's own
   # count of the scanned program sees one layer's body.
@@ -93,6 +97,10 @@ def test_unknown_accelerator_types_and_macros_are_refused_by_name():
   out = _run("--gin_file=gin_configs/models/t5_1_1_tiny.gin", "--devices=1")
   assert out.returncode == 2
   assert "defines no macro MESH_SHAPE" in out.stderr
+  # 16 rows over 64 chips' data axis: named before anything compiles.
+  out = _run("--gin_file=gin_configs/demo.gin", "--topology=v5litepod-64")
+  assert out.returncode == 2 and out.stdout == ""
+  assert "BATCH_SIZE=16 does not split over the data axis of the mesh {'data': 64, 'model': 1}" in out.stderr
 
 
 def test_accelerator_types_map_to_libtpu_topologies():
@@ -111,3 +119,17 @@ def test_mov_t5_3b_fits_the_pod_targets():
   r, _ = _plan("--gin_file=gin_configs/mov_t5_3b.gin", "--devices=8", "--gin.MESH_SHAPE=(4, 2)",
                "--gin.INITIAL_CHECKPOINT_PATH=None")
   assert r["per_device_temp_gib"] <= 8 and r["per_device_argument_gib"] <= 3
+
+
+@pytest.mark.slow
+def test_the_mov_presets_fit_the_slices_in_the_readme(tmp_path):
+  # README "Sizing a run on a TPU slice": XL and XXL MoV on v4-32 and v5litepod-64.
+  from bench import pod_sizing
+  rows = [pod_sizing.plan_one(p, s, REPO) for p in ("mov_t5_3b", "mov_t5_11b") for s in ("v4-32", "v5litepod-64")]
+  for r in rows:
+    assert "plan" in r, r
+    assert r["plan"]["compiler"] == "xla-tpu" and r["plan"]["steps"]["train"]["headroom_gib"] > 0
+  xl, xxl = rows[0]["plan"]["steps"]["train"], rows[2]["plan"]["steps"]["train"]
+  assert xxl["flops_per_step"] > 3 * xl["flops_per_step"]  # 11B vs 3B parameters
+  assert "| mov_t5_11b | v5litepod-64 (32, 2) |" in pod_sizing.markdown(rows, {"libtpu": "x", "host": "h",
+                                                                               "date": "d"})

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_jax.peft import pooling, sites, thin_matmul
+from moe_jax.peft import hand_gradients, pooling, sites, thin_matmul
 
 ROUTING_MODES = ("token", "sentence", "embedding")
 
@@ -120,11 +120,12 @@ class Router(nn.Module):
   def mixable(self, x: jax.Array, ctx: sites.AdapterContext) -> bool:
     """Whether `__call__(..., mixer=...)` may hand the logits to the caller:
     `fusable`, a soft merge over all experts and no z-loss (both need what
-    the mixer does not return), and no rematerialisation (a mixer's custom
-    gradient would keep its residuals whatever the remat policy)."""
+    the mixer does not return), no rematerialisation (a mixer's custom
+    gradient would keep its residuals whatever the remat policy), and a
+    platform the mixers' hand-written gradients are for (hand_gradients.py)."""
     cfg = self.config
     return (self.fusable(x, ctx) and cfg.z_loss_weight == 0 and cfg.top_k is None
-            and not ctx.rematerialised)
+            and not ctx.rematerialised and hand_gradients.enabled())
 
   @nn.compact
   def __call__(self, x: jax.Array, ctx: sites.AdapterContext,

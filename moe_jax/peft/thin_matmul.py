@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import jax
 
+from moe_jax.peft import hand_gradients
+
 _barrier = jax.lax.optimization_barrier
 
 
@@ -27,13 +29,18 @@ def expert_major_product(thin: jax.Array, big: jax.Array) -> jax.Array:
 def down(x: jax.Array, w: jax.Array, ctx=None) -> jax.Array:
   """x [..., D] @ w [D, K], K small (LoRA A, router kernels). Under
   rematerialisation (`ctx.rematerialised`) the plain matmul: a custom
-  gradient's residuals would be kept whatever the remat policy."""
-  return x @ w if ctx is not None and ctx.rematerialised else _down(x, w)
+  gradient's residuals would be kept whatever the remat policy. Off the
+  platforms they were written for (hand_gradients.py), the plain matmul."""
+  return _down(x, w) if _hand_written(ctx) else x @ w
 
 
 def up(h: jax.Array, w: jax.Array, ctx=None) -> jax.Array:
   """h [..., K] @ w [K, D], K small (LoRA B); `ctx` as in `down`."""
-  return h @ w if ctx is not None and ctx.rematerialised else _up(h, w)
+  return _up(h, w) if _hand_written(ctx) else h @ w
+
+
+def _hand_written(ctx) -> bool:
+  return not (ctx is not None and ctx.rematerialised) and hand_gradients.enabled()
 
 
 @jax.custom_vjp
