@@ -11,7 +11,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test test-all venv bench clean
+.PHONY: demo test test-all venv bench device-check clean
 
 venv: $(TEST_STAMP)
 
@@ -56,6 +56,17 @@ bench: $(RUNTIME_STAMP)
 	$(BENCH_MALLOC) BENCH_THREADS="1 thread pinned (taskset -c $(BENCH_CPU))" \
 	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
 	taskset -c $(BENCH_CPU) $(PY) -m bench.run --out_dir=bench_results $(BENCH_ARGS)
+
+# For a host with one GPU (sized for under 5 minutes at the default --size=base;
+# not yet run on one): the planner's memory estimate against the device's peak,
+# step times and % of the device's peak FLOP/s for IA3, MoV-10, LoRA, MoLoRA-10
+# and full fine-tuning, decoding tokens/s, MoV-10's loss on the device against
+# the CPU, cuDNN against XLA attention (bench/device_check.py). Where nvidia-smi
+# runs, jax's CUDA plugin is installed first (the gpu extra). DEVICE_CHECK_ARGS=--size=tiny:
+# the quick CPU run.
+device-check: $(RUNTIME_STAMP)
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet -e '.[gpu]'; fi
+	$(PY) -m bench.device_check --out_dir=device_check_results $(DEVICE_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

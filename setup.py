@@ -40,6 +40,8 @@ TEST = [
 # XLA:TPU ahead-of-time compilation on any host (python -m moe_jax.plan --topology=...),
 # and the runtime on a TPU VM: jax's TPU extra brings libtpu (~680 MB) from the index.
 TPU = ["jax[tpu]==0.10.2"]
+# jax's CUDA plugin for an NVIDIA GPU host (make device-check installs it where nvidia-smi runs).
+GPU = ["jax[cuda12]==0.10.2"]
 
 setuptools.setup(
     name="moe-jax",
@@ -50,6 +52,6 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["moe_jax", "moe_jax.*", "tasks", "tasks.*"]),
     python_requires=">=3.10",
     install_requires=RUNTIME,
-    extras_require={"test": TEST, "tpu": TPU},
+    extras_require={"test": TEST, "tpu": TPU, "gpu": GPU},
     license="Apache-2.0",
 )

@@ -35,11 +35,12 @@ def prepare(pkg, config, variant: str, batch_size: int, input_len: int, new_toke
     if variant == "moelora_merged":  # zero overhead: task 0 folded into plain weights
       params = moelora.merge_task(params, 0)
       model = models.build_model(config)
-  elif variant in ("milora", "moa_4"):
+  elif variant in peft.PRESETS:  # the method's own inference path (MiLoRA, MoA, MoV, ...)
     model = models.build_model(config, peft.PRESETS[variant])
     params = model.init(jax.random.key(0))
   else:
-    raise SystemExit(f"unknown decode variant {variant!r}; choose from {VARIANTS}")
+    raise SystemExit(f"unknown decode variant {variant!r}; choose from {VARIANTS} or a method preset "
+                     f"{sorted(peft.PRESETS)}")
   t0 = time.perf_counter()
   out = model.predict_batch(params, batch, max_decode_length=new_tokens)
   jax.block_until_ready(out)

@@ -29,7 +29,8 @@ from bench import decode, timing, torch_peft, train_step
 TORCH = "lora_r4 (HF peft, PyTorch)"
 
 
-def _write(path, text):
+def write_text(path, text):
+  """Written whole or not at all (a temporary file renamed into place)."""
   with open(path + ".tmp", "w") as f:
     f.write(text)
   os.replace(path + ".tmp", path)
@@ -143,9 +144,9 @@ def main(argv=None) -> dict:
       "paired_ratios": train_step.paired_ratios(train), "decode": dec,
       "total_s": time.perf_counter() - t_start}
   os.makedirs(args.out_dir, exist_ok=True)
-  _write(os.path.join(args.out_dir, "bench.json"), json.dumps(report, indent=1))
+  write_text(os.path.join(args.out_dir, "bench.json"), json.dumps(report, indent=1))
   text = markdown(report)
-  _write(os.path.join(args.out_dir, "bench.md"), text)
+  write_text(os.path.join(args.out_dir, "bench.md"), text)
   print(text)
   return report
 

@@ -70,8 +70,12 @@ def cost(compiled) -> dict:
   return out
 
 
-def prepare(pkg, config, method: str, batch):
-  """(run one step, facts) for `method` (a preset name or "full") on `pkg`."""
+def prepare(pkg, config, method: str, batch, devices=None):
+  """(run one step, facts) for `method` (a preset name or "full") on `pkg`,
+  on `devices` (default: jax.devices()); run() returns the step's metrics.
+  Facts hold XLA's cost analysis and `jaxpr_flops` (moe_jax/flops.py: every
+  loop iteration counted, which XLA's count is not)."""
+  from moe_jax import flops  # the current counter whatever `pkg` is: it only walks a jaxpr
   peft = importlib.import_module(pkg.__name__ + ".peft")
   trainable_lib = importlib.import_module(pkg.__name__ + ".peft.trainable")
   trainer = importlib.import_module(pkg.__name__ + ".trainer")
@@ -87,28 +91,37 @@ def prepare(pkg, config, method: str, batch):
     raise SystemExit(f"unknown method preset {method!r}; choose from {sorted(peft.PRESETS)}, "
                      f"{sorted(CONTROLS)} or 'full'")
   model = models.build_model(config, adapters)
-  params = model.init(jax.random.key(0), batch)
-  mask = trainable_lib.trainable_mask(params, regex)
-  trainable, frozen = trainer.split_params(params, mask)
-  axes = trainer._subtree(model.param_logical_axes(batch), trainable)
-  part = partitioning.Partitioner(partitioning.make_mesh(-1, 1))
-  step = trainer.TrainStep(model, part, axes, learning_rate=1e-3)
-  state = {}
-  with part.context():
-    state["trainable"], state["opt"] = trainable, step.init_opt_state(trainable)
-    rng = jax.random.key(1)
-    t0 = time.perf_counter()
-    compiled = step.jitted(state["trainable"], state["opt"]).lower(state["trainable"], frozen, state["opt"], batch,
-                                                                   rng).compile()
-    facts = cost(compiled)
+  devices = list(devices) if devices is not None else jax.devices()
+  # Parameters, optimizer state and key are made where the step will run.
+  with jax.default_device(devices[0]):
+    # On the model's small dummy batch: the parameters do not depend on the
+    # batch, and an eager init compiles each op per shape, once per process
+    # for every method and decode.prepare's models alike.
+    params = model.init(jax.random.key(0))
+    mask = trainable_lib.trainable_mask(params, regex)
+    trainable, frozen = trainer.split_params(params, mask)
+    axes = trainer._subtree(model.param_logical_axes(), trainable)
+    part = partitioning.Partitioner(partitioning.make_mesh(-1, 1, devices=devices))
+    step = trainer.TrainStep(model, part, axes, learning_rate=1e-3)
+    state = {}
+    with part.context():
+      state["trainable"], state["opt"] = trainable, step.init_opt_state(trainable)
+      rng = jax.random.key(1)
+      t0 = time.perf_counter()
+      traced = step.jitted(state["trainable"], state["opt"]).trace(state["trainable"], frozen, state["opt"], batch,
+                                                                   rng)
+      compiled = traced.lower().compile()
+      facts = cost(compiled)
+      facts["jaxpr_flops"] = float(flops.of_traced(traced)["flops"])
 
-    def run():
-      with part.context():
-        state["trainable"], state["opt"], m = compiled(state["trainable"], frozen, state["opt"], batch, rng)
-        jax.block_until_ready(m["loss"])
+  def run():
+    with part.context():
+      state["trainable"], state["opt"], m = compiled(state["trainable"], frozen, state["opt"], batch, rng)
+      jax.block_until_ready(m["loss"])
+    return m
 
-    run()
-    facts["compile_and_first_step_s"] = time.perf_counter() - t0
+  facts["first_step_loss"] = float(run()["loss"])
+  facts["compile_and_first_step_s"] = time.perf_counter() - t0
   facts["trainable_params"] = trainable_lib.count(params, mask)
   facts["total_params"] = trainable_lib.count(params)
   return run, facts
