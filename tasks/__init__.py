@@ -1,7 +1,8 @@
 """`import tasks` registers every seqio Task and Mixture of moe-jax.
 
-Mixtures: `t0_train` (T0 training datasets present in the data dir, every
-template, rate min(num_examples, 500000 / num_templates)),
+Mixtures: `t0_train` (T0's 38 training datasets, every template; rate per
+task the train size, or 500000 // num_templates above 500,000 rows, as the
+MoV release),
 `t0_eval_score_eval` (held-out suite, original-task templates, rank
 classification), `commonsense_train` and `commonsense_score_eval` (MiLoRA).
 Eval suites for `moe_jax.data.rank_eval`: `eval_suite("t0_eval")`,

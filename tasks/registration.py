@@ -33,9 +33,13 @@ class MixtureEntry:
 MIXTURES: dict[str, list[MixtureEntry]] = {}
 
 
-def t0_rate(train_size: int, num_templates: int) -> float:
-  """Rate of each of a dataset's tasks: min(train size, 500000 / templates)."""
-  return min(train_size, T0_CAP / num_templates)
+def t0_rate(train_size: int, num_templates: int) -> int:
+  """Rate of each of a dataset's tasks, as the MoV release computes it
+  (for-ai/parameter-efficient-moe t0_data/tasks.py, `mixture_cap`): the train
+  size, unless that exceeds 500,000; then 500,000 // templates. Not
+  min(size, 500000 / templates): glue/qqp (363,846 rows, 6 templates) keeps
+  363,846 per task."""
+  return T0_CAP // num_templates if train_size > T0_CAP else train_size
 
 
 def _register(spec, original_task_only=False):
@@ -73,7 +77,10 @@ def register_all():
   sources.data_source()  # gin DATA_SOURCE / SKIP_UNAVAILABLE, when configured, reach the env
   train = []
   for spec in suites.T0_TRAIN:
-    registered = _register(spec)  # every template, as T0 (its rate counts them all)
+    # Every template, as T0 (its rate counts them all). The release's TASK_BLACKLIST
+    # also drops `gigaword_summarize_`, but promptsource 0.2.3 has no such template
+    # (its gigaword tasks are TLDR, first_sentence_title, ...), so nothing to drop.
+    registered = _register(spec)
     rate = t0_rate(split_sizes.train_size(spec.dataset, spec.subset), len(registered))
     train.append(MixtureEntry(spec, [t.name for t in registered], rate))
   _add_mixture("t0_train", train, "train")

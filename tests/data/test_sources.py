@@ -205,7 +205,7 @@ def test_hf_offline_registers_everything_and_fails_on_first_read(tmp_path):
   assert "rotten_tomatoes split 'train': the hf source cannot load it (offline and not in the HF cache" in lines[-1]
 
 
-def test_rates_follow_the_formula_on_the_size_table():
+def test_rates_are_the_mov_releases_on_the_size_table():
   entries = registration.MIXTURES["t0_train"]
   assert len(entries) == 38 and len(split_sizes.TRAIN_SIZES) == 38
   assert {(e.spec.dataset, e.spec.subset) for e in entries} == set(split_sizes.TRAIN_SIZES)
@@ -213,13 +213,18 @@ def test_rates_follow_the_formula_on_the_size_table():
   for e in entries:
     n = len(templates.dataset_templates(e.spec.dataset, e.spec.subset).all_template_names)
     assert len(e.tasks) == n  # every template, original task or not, as T0
-    rate = min(split_sizes.TRAIN_SIZES[(e.spec.dataset, e.spec.subset)], 500_000 / n)
+    size = split_sizes.TRAIN_SIZES[(e.spec.dataset, e.spec.subset)]
+    # The release's rule (t0_data/tasks.py): cap only a train split above 500,000, by integer division.
+    rate = 500_000 // n if size > 500_000 else size
     for t in e.tasks:
-      assert mixture.get_rate(seqio.get_mixture_or_task(t)) == pytest.approx(rate, rel=1e-12)
+      assert mixture.get_rate(seqio.get_mixture_or_task(t)) == rate, (t, rate)
   by_key = {e.spec.key: e for e in entries}
-  assert by_key["glue_qqp"].rate == pytest.approx(500_000 / 6)  # capped
-  assert by_key["rotten_tomatoes"].rate == 8_530  # below the cap
+  assert by_key["glue_qqp"].rate == 363_846  # under 500,000: uncapped, though 500000 / 6 is smaller
+  assert by_key["amazon_polarity"].rate == 55_555  # 500,000 // 9, not 55,555.6
+  assert by_key["rotten_tomatoes"].rate == 8_530
   assert {t.name for t in mixture.tasks} == {t for e in entries for t in e.tasks}
+  # The release blacklists gigaword_summarize_; promptsource 0.2.3 registers no such task.
+  assert "gigaword_summarize_" not in {t.name for t in mixture.tasks}
 
 
 def test_skip_unavailable_leaves_out_what_the_kit_lacks(monkeypatch, capsys):
@@ -255,6 +260,6 @@ def test_inspect_table_and_json_summary(capsys):
   assert summary["datasets"] == 38 and summary["available"] == 11
   assert summary["tasks"] == len(seqio.get_mixture_or_task("t0_train").tasks)
   assert set(summary["missing"]) == {s.key for s in suites.T0_TRAIN} - kit
-  assert "| glue_qqp | 6 | 83,333.3 | train | no: no " in "\n".join(out)
+  assert "| glue_qqp | 6 | 363,846.0 | train | no: no " in "\n".join(out)
   assert "| quail | 13 | 10,246.0 | train | yes (kit: validation stands in) |" in out
   assert data_inspect.main(["--mixture=t0_trian"]) == 2
