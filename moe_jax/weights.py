@@ -126,15 +126,15 @@ def _grown_moa_leaves(model, recorded: dict, frozen) -> set:
   from moe_jax.peft import moa
   if not isinstance(model.adapters, moa.MoA):
     return set()
-  current = frozen_source.fingerprint(frozen)["leaves"]
+  current = frozen_source.shapes(frozen)
   grown = set()
-  for name, (shape, _, _) in recorded["leaves"].items():
+  for name, (shape, *_) in recorded["leaves"].items():  # either kind of fingerprint
     now = current.get(name)
-    if now is None or list(now[0]) == list(shape):
+    if now is None or list(now) == list(shape):
       continue
     axis = moa._domain_axis(tuple(name.split("/")))  # unrolled names: no layer axis
-    if axis is not None and len(now[0]) == len(shape) and all(
-        a == b for i, (a, b) in enumerate(zip(now[0], shape)) if i != axis % len(shape)):
+    if axis is not None and len(now) == len(shape) and all(
+        a == b for i, (a, b) in enumerate(zip(now, shape)) if i != axis % len(shape)):
       grown.add(name)
   return grown
 

@@ -35,8 +35,9 @@ def test_a_step_holds_the_trained_parameters_only(small_run):
   names = set(recorded["leaves"])
   assert not names & {"/".join(k) for k in trained}
   assert "token_embedder/embedding" in names and any("layers_1/" in n for n in names)
-  shape, dtype, l1 = recorded["leaves"]["token_embedder/embedding"]
-  assert dtype == "float32" and l1 > 0 and len(shape) == 2
+  assert recorded["kind"] == frozen_source.KIND
+  shape, dtype, probe, l2 = recorded["leaves"]["token_embedder/embedding"]
+  assert dtype == "float32" and l2 > 0 and probe != 0 and len(shape) == 2
 
 
 def test_evaluation_rebuilds_the_backbone_and_refuses_another(small_run, tmp_path):
@@ -66,7 +67,7 @@ def test_evaluation_rebuilds_the_backbone_and_refuses_another(small_run, tmp_pat
 
 
 @pytest.mark.parametrize("change, why", [
-    ("--gin.train.seed=1", "/kernel holds other values (sum |x|"),
+    ("--gin.train.seed=1", "/kernel holds other values (L2 norm"),
     ("--gin.PARAM_DTYPE='bfloat16'", "has dtype bfloat16, the run trained against float32"),
 ])
 def test_resume_refuses_a_changed_backbone(small_run, tmp_path, capsys, change, why):
@@ -106,3 +107,32 @@ def test_resume_reloads_the_recorded_t5x_backbone_bit_exactly(tmp_path, capsys):
   assert train_in_process(resumed, *[a for a in args if "INITIAL" not in a],
                           f"--gin.INITIAL_CHECKPOINT_PATH={other}") == 2
   assert "decoder/logits_dense/kernel holds other values" in capsys.readouterr().err
+  # The same values with two rows of one kernel swapped (sum |x| unchanged): refused too.
+  target = common.raw_target()
+  kernel = np.array(target["decoder/logits_dense/kernel"])
+  target["decoder/logits_dense/kernel"] = kernel[[1, 0] + list(range(2, len(kernel)))]
+  assert np.sum(np.abs(target["decoder/logits_dense/kernel"])) == np.sum(np.abs(kernel))
+  swapped = common.write_checkpoint(tmp_path / "swapped", target, step=0)
+  assert train_in_process(resumed, *[a for a in args if "INITIAL" not in a],
+                          f"--gin.INITIAL_CHECKPOINT_PATH={swapped}") == 2
+  assert ("decoder/logits_dense/kernel holds other values or the same ones in another order"
+          in capsys.readouterr().err)
+
+
+def test_resume_of_a_run_with_the_old_fingerprint_warns_and_records_the_new_one(small_run, tmp_path, capsys):
+  from tests.inprocess import FINAL_PARAMS
+  run = tmp_path / "run"
+  shutil.copytree(small_run, run)
+  shutil.rmtree(run / "checkpoints" / "4")
+  new = json.loads((run / frozen_source.FILE).read_text())
+  # The file as moe-jax wrote it before the probe: no "kind", sum |x| per parameter.
+  backbone = {"/".join(k): v for k, v in traverse_util.flatten_dict(FINAL_PARAMS[str(small_run)][1]).items()}
+  old = {"initial_checkpoint_path": None, "seed": 0, "digest": new["digest"],
+         "leaves": {n: [shape, dtype, float(np.sum(np.abs(np.asarray(backbone[n], np.float64))))]
+                    for n, (shape, dtype, *_) in new["leaves"].items()}}
+  (run / frozen_source.FILE).write_text(json.dumps(old))
+  capsys.readouterr()
+  assert train_in_process(run) == 0
+  err = capsys.readouterr().err
+  assert err.count(f"{frozen_source.FILE} holds the old sum-|x| fingerprint") == 1, err[-2000:]
+  assert json.loads((run / frozen_source.FILE).read_text()) == new  # rewritten: the probe, as a new run's
