@@ -1,4 +1,5 @@
-"""Inference inputs and decoding: MOELoRA merged per task decodes like the adapted model."""
+"""Inference inputs and decoding: rows and their domains, MOELoRA merged per
+task decodes like the adapted model (the entry point: test_infer_entry.py)."""
 import dataclasses
 
 import jax
@@ -9,7 +10,7 @@ import pytest
 from moe_jax import inference
 from moe_jax.data import jsonl, vocab
 from moe_jax.models import build_model
-from moe_jax.peft import MOELoRA
+from moe_jax.peft import MOELoRA, MoA
 from tests.peft import common
 
 
@@ -26,6 +27,50 @@ def test_jsonl_inputs_and_their_errors(tmp_path):
   missing.write_text('{"text": "a"}\n')
   with pytest.raises(jsonl.DataError, match="missing.jsonl:1: missing field 'inputs'"):
     inference.load_rows(str(missing), "validation", 5)
+
+
+def test_jsonl_rows_name_their_domain_by_name_or_data_id(tmp_path):
+  import tasks  # noqa: F401  the data's domain ids
+  from moe_jax.data import ids
+  sentiment = ids.current()["domain_ids"]["sentiment"]
+  good = tmp_path / "in.jsonl"
+  good.write_text(f'{{"inputs": "a", "domain": "sentiment"}}\n{{"inputs": "b", "domain_id": {sentiment}}}\n'
+                  f'{{"inputs": "c", "domain": "sentiment", "domain_id": {sentiment}}}\n'
+                  '{"inputs": "d", "domain": null}\n')
+  assert inference.load_rows(str(good), "validation", 5) == [
+      {"inputs": "a", "task_id": 0, "domain": "sentiment"}, {"inputs": "b", "task_id": 0, "domain": "sentiment"},
+      {"inputs": "c", "task_id": 0, "domain": "sentiment"}, {"inputs": "d", "task_id": 0}]
+  for line, message in [
+      ('{"inputs": "a", "domain": 3}', "field 'domain' must be a domain name (a non-empty string), got 3"),
+      ('{"inputs": "a", "domain_id": 999}', "field 'domain_id' must be a data domain id"),
+      ('{"inputs": "a", "domain_id": "sentiment"}', "field 'domain_id' must be a data domain id"),
+      (f'{{"inputs": "a", "domain": "summarization", "domain_id": {sentiment}}}',
+       f"field 'domain' ('summarization') and 'domain_id' ({sentiment}, which is 'sentiment') name different "
+       "domains")]:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(line + "\n")
+    with pytest.raises(jsonl.DataError) as e:
+      inference.load_rows(str(bad), "validation", 5)
+    assert str(e.value).startswith(f"{bad}:1: {message}"), e.value
+
+
+def test_seqio_rows_carry_their_tasks_domain():
+  import tasks  # noqa: F401
+  rows = inference.load_rows("rotten_tomatoes_Movie_Expressed_Sentiment", "train", 2)
+  assert [r["domain"] for r in rows] == ["sentiment", "sentiment"] and all(r["inputs"] for r in rows)
+  # A mixture keeps only its output features unless told: its rows need the text and ids passed through.
+  rows = inference.load_rows("commonsense_train", "train", 3)
+  assert len(rows) == 3 and all(r["inputs"] and r["domain"] in ("commonsense", "QA_multiple_choice", "coreference")
+                                for r in rows), rows  # the suite's categories
+
+
+def test_moa_domains_are_indices_into_moa_domains_by_name():
+  given = MoA(domains=("QA_multiple_choice", "sentiment"))
+  np.testing.assert_array_equal(inference.moa_domain_ids(given, [{"domain": "sentiment"},
+                                                                 {"domain": "QA_multiple_choice"}]), [1, 0])
+  # Routers choose in the other modes: the rows' domains are not read, as in training.
+  assert inference.moa_domain_ids(MoA(domains=("a", "b"), mode="per_layer"), [{"domain": "x"}]).tolist() == [0]
+  assert inference.moa_domain_ids(MoA(domains=("only",)), [{"inputs": "no domain"}]).tolist() == [0]
 
 
 def test_moelora_merged_decoding_matches_the_adapted_model():
@@ -45,7 +90,7 @@ def test_moelora_merged_decoding_matches_the_adapted_model():
 
   merged = inference.predict_rows(MergedOnly(config, model.adapters), params, rows, v, max_decode_length=6,
                                   batch_size=2)
-  enc = inference._encode(rows, v, 512)
+  enc = inference._prompt_batch(config, inference.tokenize(rows, v, 512))["encoder_input_tokens"]
   direct = np.asarray(model.predict_batch(params, {"encoder_input_tokens": jnp.asarray(enc),
                                                    "task_id": jnp.asarray([1, 2, 1])}, max_decode_length=6))
   assert merged == direct.tolist()
