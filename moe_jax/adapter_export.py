@@ -9,7 +9,7 @@ import gin
 import numpy as np
 from flax import traverse_util
 
-from moe_jax import fs, gin_utils
+from moe_jax import frozen_source, fs, gin_utils
 
 ADAPTERS_FILE = "adapters.safetensors"
 
@@ -89,10 +89,8 @@ def export(checkpoint_path: str = gin.REQUIRED, export_dir: str = gin.REQUIRED,
       checkpoints.params_of(state) if "frozen" in state else state["trainable"], abstract), checkpoint_path)
   params = checkpoints.params_of(state) if "frozen" in state else None
   if merge_tasks and params is None:  # the merged backbones need every weight: rebuild the frozen ones
-    import jax
-
     from moe_jax import weights
-    params, _, _ = weights.load_initial(model, model.init(jax.random.key(0)), checkpoint_path)
+    params, _, _ = weights.load_initial(model, frozen_source.init_params(model, 0), checkpoint_path)
   created = not fs.exists(export_dir)
   try:
     written = [save_adapters(state["trainable"], fs.join(export_dir, ADAPTERS_FILE),

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
   import numpy as np
   import sentencepiece as spm
 
-  from moe_jax import paths
+  from moe_jax import frozen_source, paths
   from moe_jax.models import build_model, get_preset, load_hf_checkpoint
 
   vocab_path = args.vocab or paths.t5_vocab_path()
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     source = args.hf_dir
   else:
     model = build_model(get_preset(args.model))
-    params = model.init(jax.random.key(args.seed))
+    params = frozen_source.init_params(model, args.seed)  # the trainer's init program
     source = f"{args.model} (random weights, seed {args.seed})"
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
   print(f"model: {source}; {n_params:,} parameters")

@@ -133,11 +133,11 @@ class ZeroShotEvaluator:
 @gin.configurable
 def evaluate(checkpoint_path: str = gin.REQUIRED, evaluator=gin.REQUIRED) -> dict:
   """Loads a checkpoint (moe-jax run or HF directory) into the configured model and evaluates it."""
-  from moe_jax import gin_utils, weights
+  from moe_jax import frozen_source, gin_utils, weights
   import tasks  # noqa: F401  registers the seqio tasks
   validation.existing_path(validation.setting("evaluate", "checkpoint_path"), checkpoint_path)
   model = gin_utils.model()
-  params = model.init(jax.random.key(0))
+  params = frozen_source.init_params(model, 0)  # the trainer's init program
   params, fresh, _ = weights.load_initial(model, params, checkpoint_path)
   if fresh:
     print(f"note: {len(fresh)} parameters are not in {checkpoint_path} and keep their initialisation")

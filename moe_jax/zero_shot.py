@@ -54,11 +54,10 @@ def _run(args) -> int:
   if args.hf_dir:
     validation.existing_path("--hf_dir", args.hf_dir)
 
-  import jax
-
   import tasks
   from moe_jax.data import rank_eval
   from moe_jax.evaluation import EvalProgress
+  from moe_jax import frozen_source
   from moe_jax.models import build_model, get_preset, load_hf_checkpoint
 
   suite = tasks.eval_suite(args.suite)
@@ -73,7 +72,7 @@ def _run(args) -> int:
     model, params = load_hf_checkpoint(args.hf_dir)
   else:
     model = build_model(get_preset(args.model))
-    params = model.init(jax.random.key(args.seed))
+    params = frozen_source.init_params(model, args.seed)  # the trainer's init program
   lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
   start = time.time()
   progress = EvalProgress(suite)

@@ -114,7 +114,11 @@ class BaseModel(abc.ABC):
     return self.module.init({"params": rng, "dropout": rng}, **self._module_kwargs(batch))
 
   def init(self, rng, batch: Optional[dict] = None):
-    """Plain float params (no boxes)."""
+    """Plain float params (no boxes), computed eagerly (op by op). Jitted, the
+    same initialisers round differently in the last bit (XLA folds a
+    sample's constant scalings, e.g. normal's sqrt(2) and the stddev, into one
+    multiply), so the trainer, the entry points and anything comparing with a
+    run's backbone use one jitted program: `frozen_source.init_params`."""
     return nn.unbox(self.init_variables(rng, batch)["params"])
 
   def abstract_variables(self, batch: Optional[dict] = None):
