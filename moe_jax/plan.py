@@ -34,7 +34,6 @@ import os
 import re
 import sys
 import time
-from typing import Optional
 
 GIB = 2.0 ** 30
 STEPS = ("train", "score", "decode")
@@ -85,8 +84,11 @@ def abstract_batch(model, lengths: dict, batch_size: int, pack: bool, sharding, 
     if pack:
       batch.update(encoder_segment_ids=spec(b, li), encoder_positions=spec(b, li),
                    decoder_segment_ids=spec(b, lt), decoder_positions=spec(b, lt))
-  if not pack:
-    batch.update({k: spec(b) for k in ("task_id", "domain_id", "template_id")})
+  ids = (b,)
+  if pack and model.config.family != "decoder":  # packed rows carry one id per segment slot
+    from moe_jax.data import converters
+    ids = (b, converters.id_slots(lengths))
+  batch.update({k: spec(*ids) for k in ("task_id", "domain_id", "template_id")})
   for k in extra_features:
     batch[k] = spec(b, model.config.d_model, dtype=jnp.float32)
   return batch

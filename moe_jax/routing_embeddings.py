@@ -16,8 +16,9 @@ through its hooks (its producer was not released), so this is our choice:
   templates, training and held-out) and cached in MODEL_DIR, and `attach` adds
   `routing_embedding = table[template_id]` to each batch.
 
-Per-example features cannot travel in packed rows, so embedding routing
-trains with PACK=False.
+Packed rows carry `template_id` per segment, but the embedding router takes
+one embedding per row [B, D] (routers.py), so embedding routing trains with
+PACK=False.
 """
 from __future__ import annotations
 

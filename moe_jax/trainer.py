@@ -275,7 +275,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     return {}
 
   extra = {}
-  if not pack and hasattr(source, "tasks"):  # a seqio Mixture keeps only inputs/targets unless told
+  if hasattr(source, "tasks"):  # a seqio Mixture keeps only inputs/targets unless told
     extra["passthrough_features"] = converters.CONTEXT_FEATURES
   # Per-host input: each host reads only the rows of the global batch its devices hold.
   first_row, host_rows = partitioner.host_batch_rows(batch_size)
@@ -287,8 +287,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   if model.config.family == "decoder":
     ds = converters.prefix_lm(ds, task_feature_lengths["inputs"] + task_feature_lengths["targets"])
   else:
-    ds = converters.encdec(ds, task_feature_lengths, pack=pack,
-                           passthrough=() if pack else converters.CONTEXT_FEATURES)
+    ds = converters.encdec(ds, task_feature_lengths, pack=pack, passthrough=converters.CONTEXT_FEATURES)
   ds = ds.skip(batches_seen * host_rows)  # same data order as the uninterrupted run
   batch_iter = converters.batches(ds, host_rows, drop_remainder=True)
   try:
@@ -297,7 +296,10 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     raise DataError(f"{mixture_or_task_name}: the training data yield no batch of {host_rows} "
                     "examples") from None
   if routing_embeddings.needed(model.adapters) and pack:
-    raise ValueError("PACK=True: routing='embedding' needs per-example template ids; set PACK=False")
+    # Packed rows carry template ids per segment, but the embedding router
+    # routes a row by one embedding [B, D] (routers.py): not implemented per segment.
+    raise ValueError("PACK=True: routing='embedding' routes each row by one instruction embedding, and a "
+                     "packed row holds several examples; set PACK=False")
 
   # From here on the run writes to model_dir: the run's own files from the
   # first process only (hosts renaming the same file on a bucket would race);
@@ -339,6 +341,8 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
       batch = routing_embeddings.attach(batch, routing_table)
     batch = to_model_domains(batch)
     task_ids = batch.get("task_id")
+    if task_ids is not None and np.ndim(task_ids) != 1:
+      task_ids = None  # packed: ids per segment, but the logged losses are per row
     with partitioner.context():
       trainable, opt_state, m = step_fn(trainable, frozen, opt_state, partitioner.shard_batch(batch, batch_size),
                                         jax.random.fold_in(rng, step))

@@ -6,9 +6,13 @@ shifted right, 0 first), `decoder_target_tokens`, `decoder_loss_weights`; with
 prefix LM: one sequence inputs + targets, `decoder_causal_attention` on the
 inputs part, loss (and rank scores) on the targets part only.
 
-Unpacked batches also carry per-example scalars (`task_id`, `domain_id` and,
-for rank classification, `idx`, `choice_idx`, `is_correct`). Packing puts
-examples of different tasks in one row, so it refuses those features.
+Unpacked batches also carry per-example scalars (`task_id`, `domain_id`,
+`template_id` and, for rank classification, `idx`, `choice_idx`,
+`is_correct`). Packed rows hold several examples, so the ids travel per
+segment: `task_id` etc. become [id_slots(lengths)] per row, entry j the id of
+the example packed as segment j + 1 (the segment ids of its encoder and
+decoder tokens), -1 where the row has fewer segments; the adapters look each
+token's id up by its segment id (`moe_jax.peft.sites.ids_by_segment`).
 Over-long sequences are cut to the feature length keeping the final EOS.
 """
 from __future__ import annotations
@@ -36,15 +40,49 @@ def _scalars(ex, keys):
   return {k: ex[k] for k in keys if k in ex}
 
 
+def id_slots(lengths: Mapping[str, int]) -> int:
+  """Segment slots of a packed row's id features. seqio packs at most this
+  many examples into one row (it packs groups of max(lengths) examples)."""
+  return max(lengths["inputs"], lengths["targets"])
+
+
+def _pack_encdec(ds, lengths, ids: Sequence[str]):
+  """seqio's packing and t5x features (as seqio.EncDecFeatureConverter, which
+  takes no extra features when packing), with each id in `ids` packed as a
+  one-element sequence: the k-th example of a row, segment k, leaves its id in
+  slot k - 1. (Segment k is then the same example in the encoder and the
+  decoder, as cross-attention already assumes: every example has inputs.)"""
+  for k in ids:
+    if ds.element_spec[k].shape.rank != 0:
+      raise ValueError(f"pack=True packs '{k}' as one id per example, got shape {ds.element_spec[k].shape}")
+
+  def to_slots(ex):
+    out = {"inputs": ex["inputs"], "targets": ex["targets"]}
+    for k in ids:
+      v = tf.cast(ex[k], tf.int32)
+      with tf.control_dependencies([tf.debugging.assert_non_negative(v, message=f"packing needs {k} >= 0")]):
+        out[k] = tf.reshape(v + 1, [1])  # seqio's packing drops 0s as padding: shift ids by 1
+    return out
+
+  def convert(ex):
+    targets, segments = ex["targets"], ex["targets_segment_ids"]
+    out = {"encoder_input_tokens": ex["inputs"], "encoder_segment_ids": ex["inputs_segment_ids"],
+           "encoder_positions": ex["inputs_positions"], "decoder_target_tokens": targets,
+           "decoder_input_tokens": seqio.utils.make_autoregressive_inputs(targets, sequence_id=segments),
+           "decoder_loss_weights": tf.cast(targets > 0, tf.int32), "decoder_segment_ids": segments,
+           "decoder_positions": ex["targets_positions"]}
+    out.update({k: ex[k] - 1 for k in ids})  # back to the ids; empty slots -1
+    return out
+
+  task_lengths = {"inputs": lengths["inputs"], "targets": lengths["targets"], **{k: id_slots(lengths) for k in ids}}
+  packed = seqio.utils.trim_and_pack_dataset(ds.map(to_slots), task_lengths)
+  return packed.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def encdec(ds: tf.data.Dataset, lengths: Mapping[str, int], *, pack: bool = False,
            passthrough: Sequence[str] = CONTEXT_FEATURES) -> tf.data.Dataset:
   if pack:
-    present = [k for k in passthrough if k in ds.element_spec]
-    if present:
-      raise ValueError(f"pack=True cannot carry per-example features {present}: a packed row mixes "
-                       "examples (use pack=False for task/domain-conditioned methods)")
-    converter = seqio.EncDecFeatureConverter(pack=True)
-    return converter(ds.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]}), lengths)
+    return _pack_encdec(ds, lengths, [k for k in passthrough if k in ds.element_spec])
 
   def convert(ex):
     inputs = _trim_pad(ex["inputs"], lengths["inputs"])

@@ -23,6 +23,12 @@ its domain's pair: one LoRA's arithmetic per site whatever D, and a few
 parameter tensors per site for the optimizer (one per domain and site compiled
 5x slower on t5_1_1_small). `add_domain` concatenates a new slice along the
 domain axis and leaves the existing ones unchanged.
+
+Packed rows: each segment is pooled, classified and supervised on its own
+(`domain_id` [B, S], one id per segment, see `sites.ids_by_segment`), and each
+token uses its segment's domain. A row then mixes domains, so its sites run
+every domain's pair with a one-hot weight per token (D LoRAs' arithmetic, still
+rank D*r): gathering a pair per token would hold a [B, T, in, r] copy of A.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from moe_jax.peft import sites
+from moe_jax.peft import pooling, sites
 from moe_jax.peft.lora import ALL_PROJECTIONS, LowRankExperts
 from moe_jax.peft.prompt_cache import decide_once
 
@@ -75,13 +81,14 @@ def data_domains(adapters: "MoA"):
     if "domain_id" not in batch:
       return batch
     data_ids = np.asarray(batch["domain_id"])
-    out = lut[data_ids]
-    missing = sorted({ids.name_of("domain_ids", int(i)) for i in data_ids[out < 0]})
+    real = data_ids >= 0  # packed batches mark a row's unused segment slots -1
+    out = np.where(real, lut[np.where(real, data_ids, 0)], -1)
+    missing = sorted({ids.name_of("domain_ids", int(i)) for i in data_ids[real & (out < 0)]})
     if missing and used:
       raise ValueError(f"MoA has no LoRA for the data's domain(s) {missing} (MoA.domains: "
                        f"{list(adapters.domains)}); add them to MoA.domains, leave them out of the mixture, or "
                        "route with mode='majority'/'last'/'per_layer'")
-    return dict(batch, domain_id=np.maximum(out, 0))
+    return dict(batch, domain_id=np.where(real, np.maximum(out, 0), -1).astype(np.int32))
   return remap
 
 
@@ -142,18 +149,21 @@ class DomainRouter(nn.Module):
   @nn.compact
   def __call__(self, layer_input: sites.LayerInput, ctx: sites.AdapterContext):
     if layer_input.encoded is not None:  # T5 decoder: route on the prompt (encoder output)
-      hidden, mask = layer_input.encoded, layer_input.encoded_mask
+      hidden, mask, seg = layer_input.encoded, layer_input.encoded_mask, layer_input.encoded_segment_ids
     else:
-      hidden, mask = layer_input.hidden, layer_input.mask
+      hidden, mask, seg = layer_input.hidden, layer_input.mask, layer_input.segment_ids
     if mask is None:
       mask = jnp.ones(hidden.shape[:2], bool)
+    if seg is not None and ctx.decode_phase is None:  # packed rows: one decision per segment
+      pooled, present = _pool_segments(hidden, mask, seg)
+      return self.route(pooled, ctx, present)  # [B, S + 1, D] indexed by segment id
     n = len(self.domains)
-    return decide_once(self, ctx, lambda: self.route(hidden, mask, ctx), (hidden.shape[0], n))
+    return decide_once(self, ctx, lambda: self.route(_pool(hidden, mask), ctx), (hidden.shape[0], n))
 
-  def route(self, hidden, mask, ctx):
+  def route(self, pooled, ctx, present=None):
+    """One-hot domains [B, D] for pooled [B, d_model], or [B, S, D] for
+    per-segment pools [B, S, d_model] (`present` [B, S] marks real segments)."""
     n = len(self.domains)
-    m = mask.astype(jnp.float32)[..., None]
-    pooled = jnp.sum(hidden.astype(jnp.float32) * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
     # Parameter-free RMS normalisation: residual streams grow with depth, and a
     # classifier on raw magnitudes saturates (and stops learning) in deep layers.
     pooled = pooled * jax.lax.rsqrt(jnp.mean(jnp.square(pooled), -1, keepdims=True) + 1e-6)
@@ -162,17 +172,51 @@ class DomainRouter(nn.Module):
     b = self.param("domain_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("expert",)), (n,),
                    jnp.float32)
     logits = pooled @ w + b
-    self.sow(sites.ROUTER_STATS_COLLECTION, "domain_logits", logits)
-    given = ctx.features.get("domain_id")
+    self.sow(sites.ROUTER_STATS_COLLECTION, "domain_logits", _per_row(logits, present))
+    given = None
+    if "domain_id" in ctx.features:
+      given = ctx.features["domain_id"] if present is None else sites.ids_by_segment(ctx, "domain_id",
+                                                                                     logits.shape[1])
+      if given.ndim != logits.ndim - 1:
+        raise ValueError(f"MoA: 'domain_id' of shape {given.shape} for routing {logits.shape[:-1]} "
+                         "(per-segment ids [B, S] need a packed batch)")
     if self.router_loss_weight > 0 and given is not None:
-      xent = -jnp.take_along_axis(jax.nn.log_softmax(logits), given[:, None], -1)[:, 0]
-      self.sow(sites.AUX_LOSS_COLLECTION, "domain_router_xent", self.router_loss_weight * jnp.mean(xent))
+      xent = -jnp.take_along_axis(jax.nn.log_softmax(logits), given[..., None], -1)[..., 0]
+      # the mean over examples: rows unpacked, real segments packed
+      mean = jnp.mean(xent) if present is None else jnp.sum(xent * present) / jnp.maximum(jnp.sum(present), 1)
+      self.sow(sites.AUX_LOSS_COLLECTION, "domain_router_xent", self.router_loss_weight * mean)
     if self.mode == "per_layer":
       return jax.nn.one_hot(jnp.argmax(logits, -1), n)
     if given is None:
       raise KeyError(f"MoA mode={self.mode!r} needs a 'domain_id' batch feature "
                      "(majority/last: use moa.route_by_vote first)")
     return jax.nn.one_hot(given, n)
+
+
+def _pool(hidden, mask):
+  """Mean over each row's real tokens: [B, T, d] -> [B, d]."""
+  m = mask.astype(jnp.float32)[..., None]
+  return jnp.sum(hidden.astype(jnp.float32) * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
+
+
+def _pool_segments(hidden, mask, segment_ids):
+  """Mean over each packed segment's real tokens: [B, T, d] -> [B, T + 1, d]
+  indexed by segment id, and [B, T + 1] marking the segments present."""
+  n = hidden.shape[1] + 1  # segment ids are <= T
+  ids = jnp.where(mask, segment_ids, 0)
+  m = mask.astype(jnp.float32)
+  sums = pooling.segment_sums(hidden.astype(jnp.float32) * m[..., None], ids, n)
+  counts = pooling.segment_sums(m, ids, n)
+  present = (counts > 0).at[:, 0].set(False).astype(jnp.float32)
+  return sums / jnp.maximum(counts, 1.0)[..., None], present
+
+
+def _per_row(logits, present):
+  """Router logits per row for the statistics (route_by_vote reads them per
+  example): a packed row's is the mean over its segments."""
+  if present is None:
+    return logits
+  return jnp.sum(logits * present[..., None], 1) / jnp.maximum(jnp.sum(present, 1), 1.0)[:, None]
 
 
 class MoASite(nn.Module):
@@ -188,15 +232,20 @@ class MoASite(nn.Module):
   @nn.compact
   def __call__(self, x, y, ctx):
     experts = LowRankExperts(self.info, len(self.domains), self.rank, self.a_init, name="experts")
-    domain = jnp.argmax(ctx.layer_state, axis=-1)  # [B]: layer_state is one-hot [B, D]
     n_in = len(self.info.in_shape)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=ctx.deterministic)
+    scale = self.alpha / self.rank
+    if ctx.layer_state.ndim == 3:  # packed: one-hot [B, S + 1, D] per segment id
+      onehot = sites.per_token(ctx.layer_state, self.info, ctx)  # [B, T, D]
+      onehot = onehot.reshape(onehot.shape[:2] + (1,) * (x.ndim - n_in - 2) + onehot.shape[2:])
+      return y + scale * experts.mix(x, onehot, ctx).astype(y.dtype)
+    domain = jnp.argmax(ctx.layer_state, axis=-1)  # [B]: layer_state is one-hot [B, D]
     flat = x.reshape(x.shape[:1] + (-1, int(np.prod(self.info.in_shape))))  # [B, T, f]
     a = jnp.asarray(experts.lora_a, x.dtype).reshape(len(self.domains), -1, self.rank)[domain]  # [B, f, r]
     b = jnp.asarray(experts.lora_b, x.dtype).reshape(len(self.domains), self.rank, -1)[domain]  # [B, r, o]
     delta = jnp.einsum("btr,bro->bto", jnp.einsum("btf,bfr->btr", flat, a), b)
     delta = delta.reshape(x.shape[:-n_in] + self.info.out_shape)
-    return y + (self.alpha / self.rank) * delta.astype(y.dtype)
+    return y + scale * delta.astype(y.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,6 +333,8 @@ def route_by_vote(model, params, batch, rule: str = "majority"):
   """
   if rule not in ("majority", "last"):
     raise ValueError(f"rule={rule!r}; expected 'majority' or 'last'")
+  if "encoder_segment_ids" in batch or "decoder_segment_ids" in batch:
+    raise ValueError("route_by_vote chooses one domain per row: give it unpacked rows")
   moa: MoA = model.adapters
   probe = type(model)(model.config, dataclasses.replace(moa, mode="per_layer"))
   _, stats = probe._apply(params, batch, mutable=(sites.ROUTER_STATS_COLLECTION,))

@@ -5,7 +5,8 @@ Gate: w = softmax(W_g E[task]) with a task-embedding table E
 (num_tasks x d_T) and W_g (d_T x N, no bias); the sparse variant keeps the
 top-k weights (renormalised). Site output: h = W x + (alpha / r) *
 sum_i w_i B_i A_i x, with r the total rank. `task_id` is a batch feature, so a
-batch may mix tasks.
+batch may mix tasks: [B], or in a packed batch [B, S] with one id per segment
+(`sites.ids_by_segment`), where every token takes its segment's task gate.
 
 Because w depends only on the task, W + (alpha/r) sum_i w_i B_i A_i is a plain
 weight per task: `merge_task` folds it in for zero-overhead inference. (The
@@ -56,12 +57,17 @@ class TaskGate(nn.Module):
         (self.task_dim, self.num_experts), jnp.float32)
 
   def __call__(self, ctx: sites.AdapterContext) -> jax.Array:
+    """[B, N] weights, or [B, S + 1, N] indexed by segment id when the
+    task ids are given per packed segment [B, S]."""
     if "task_id" not in ctx.features:
-      raise KeyError("MOELoRA needs a 'task_id' batch feature [B]")
-    return self.weights(ctx.features["task_id"])
+      raise KeyError("MOELoRA needs a 'task_id' batch feature [B] (or [B, segments] when packed)")
+    task_id = ctx.features["task_id"]
+    if task_id.ndim == 2:
+      task_id = sites.ids_by_segment(ctx, "task_id", task_id.shape[1] + 1)
+    return self.weights(task_id)
 
   def weights(self, task_id):
-    """[B] task ids -> [B, N] expert weights w = softmax(W_g E[task])."""
+    """[...] task ids -> [..., N] expert weights w = softmax(W_g E[task])."""
     row = task_id + 1 if self.task_padding_row else task_id
     probs = jax.nn.softmax(self.task_embedding[row] @ self.gate, axis=-1)
     return select_top_k(probs, self.top_k, renormalize=True)
@@ -79,8 +85,11 @@ class MOELoRASite(nn.Module):
   def __call__(self, x, y, ctx):
     experts = LowRankExperts(self.info, self.num_experts, self.expert_rank, self.a_init,
                              self.dropout_rate, name="experts")
-    w = ctx.model_state  # [B, N], one mixture per example for every site
-    w = w.reshape(w.shape[:1] + (1,) * (x.ndim - len(self.info.in_shape) - 1) + w.shape[1:])
+    w = ctx.model_state  # [B, N] one mixture per row, or [B, S + 1, N] per segment id
+    if w.ndim == 3:
+      w = sites.per_token(w, self.info, ctx)  # [B, T, N]
+    lead = x.ndim - len(self.info.in_shape)  # x's batch (and length) dims
+    w = w.reshape(w.shape[:-1] + (1,) * (lead - (w.ndim - 1)) + w.shape[-1:])
     return y + self.scale * experts.mix(x, w, ctx).astype(y.dtype)
 
 

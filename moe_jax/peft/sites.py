@@ -24,6 +24,9 @@ from typing import Any, Optional
 import flax
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+from moe_jax.peft import pooling
 
 AUX_LOSS_COLLECTION = "aux_loss"
 ROUTER_STATS_COLLECTION = "router_stats"
@@ -74,7 +77,7 @@ class LayerInput:
 @flax.struct.dataclass
 class AdapterContext:
   """Per-example context shared by every site of one forward pass."""
-  features: dict[str, jax.Array]  # task_id, domain_id, routing_embedding, ...
+  features: dict[str, jax.Array]  # task_id, domain_id ([B], or [B, S] per packed segment), routing_embedding, ...
   token_mask: Optional[jax.Array] = None  # [B, T] non-pad mask of the current stack
   encoded_mask: Optional[jax.Array] = None  # [B, S] encoder mask (T5 decoder only)
   segment_ids: Optional[jax.Array] = None  # [B, T] packed segments of the current stack
@@ -158,6 +161,35 @@ def site_sequence(info: SiteInfo, ctx: AdapterContext) -> SiteSequence:
   if _over_encoder(info):
     return SiteSequence(ctx.encoded_mask, ctx.encoded_segment_ids, causal=False)
   return SiteSequence(ctx.token_mask, ctx.segment_ids, causal=info.stack == "decoder")
+
+
+def ids_by_segment(ctx: AdapterContext, name: str, width: int) -> jax.Array:
+  """The id feature `name` as a [B, width] table indexed by segment id.
+
+  The feature is [B] (one id per row, shared by all its segments) or, in a
+  packed batch, [B, S]: column j holds the id of segment j + 1 and -1 where
+  the row has fewer segments. Column 0 (padding) and absent segments get id
+  0, a valid index whose result only padding tokens read."""
+  ids = jnp.asarray(ctx.features[name], jnp.int32)
+  if ids.ndim == 1:
+    return jnp.broadcast_to(ids[:, None], (ids.shape[0], width))
+  if ids.ndim != 2:
+    raise ValueError(f"feature '{name}' must be [batch] or [batch, segments], got shape {ids.shape}")
+  if ctx.segment_ids is None:
+    raise ValueError(f"feature '{name}' has one id per packed segment (shape {ids.shape}), but the batch "
+                     "has no segment ids")
+  table = jnp.pad(jnp.maximum(ids, 0), ((0, 0), (1, 0)))[:, :width]
+  return jnp.pad(table, ((0, 0), (0, width - table.shape[1])))
+
+
+def per_token(values: jax.Array, info: SiteInfo, ctx: AdapterContext) -> jax.Array:
+  """Per-segment values [B, S, ...] indexed by segment id -> [B, T, ...] for
+  the tokens site `info` runs over (each token takes its segment's)."""
+  segment_ids = site_sequence(info, ctx).segment_ids
+  if segment_ids is None:
+    raise ValueError(f"{info.path}: the adapters decided per packed segment, but this site's tokens "
+                     "have no segment ids")
+  return pooling.gather_segments(values, segment_ids)
 
 
 def apply_site(adapters: Adapters, info: SiteInfo, x, y, ctx: AdapterContext):

@@ -1,4 +1,4 @@
-"""Feature converters: packing round trip, context features, prefix-LM layout."""
+"""Feature converters: packing round trip, ids per packed segment, context features, prefix-LM layout."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,8 +46,36 @@ def test_packing_round_trips():
       recovered.append((list(inputs), list(targets)))
   assert sorted(recovered) == sorted((e["inputs"], e["targets"]) for e in EXAMPLES)
   assert len(packed) < len(EXAMPLES)
-  with pytest.raises(ValueError, match="task_id"):
-    converters.encdec(_ds(), {"inputs": 16, "targets": 8}, pack=True)
+  # The token features are seqio's packed encoder-decoder features.
+  import seqio
+  plain = seqio.EncDecFeatureConverter(pack=True)(
+      _ds().map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]}), {"inputs": 16, "targets": 8})
+  for ours, theirs in zip(packed, plain.as_numpy_iterator(), strict=True):
+    assert set(ours) == set(theirs)
+    for k in theirs:
+      np.testing.assert_array_equal(ours[k], theirs[k], err_msg=k)
+
+
+def test_packing_carries_the_ids_per_segment():
+  # Row 0 packs examples 0 and 1 (tasks 3, 4; domains 1, 0 - an id 0 survives
+  # packing), row 1 example 2; slot j holds segment j + 1's ids, -1 after.
+  lengths = {"inputs": 16, "targets": 8}
+  rows = list(converters.encdec(_ds(), lengths, pack=True).as_numpy_iterator())
+  assert [len(set(r["decoder_segment_ids"]) - {0}) for r in rows] == [2, 1]
+  for row in rows:
+    segments = sorted(set(row["encoder_segment_ids"]) - {0})
+    for k in ("task_id", "domain_id"):
+      assert row[k].shape == (converters.id_slots(lengths),)
+      assert (row[k][len(segments):] == -1).all()
+    for seg in segments:
+      inputs = list(row["encoder_input_tokens"][row["encoder_segment_ids"] == seg])
+      targets = list(row["decoder_target_tokens"][row["decoder_segment_ids"] == seg])
+      example = next(e for e in EXAMPLES if e["inputs"] == inputs)
+      assert example["targets"] == targets
+      assert (row["task_id"][seg - 1], row["domain_id"][seg - 1]) == (example["task_id"], example["domain_id"])
+  bad = [dict(EXAMPLES[0], task_id=-1)]
+  with pytest.raises(tf.errors.InvalidArgumentError, match="packing needs task_id >= 0"):
+    list(converters.encdec(_ds(bad), lengths, pack=True).as_numpy_iterator())
 
 
 def test_prefix_lm_layout_and_target_only_scores():
