@@ -3,9 +3,20 @@
 # train command on all of them (jax.distributed discovers the slice itself).
 #
 #   launch/tpu_pod.sh --name=mov-xl --zone=us-central2-b --type=v4-64 \
-#     --repo=https://github.com/you/moe-jax.git -- \
-#     --gin_file=gin_configs/mov_t5_3b.gin --gin.MODEL_DIR=gs://BUCKET/mov_t5_3b   (or a shared mount) \
-#     --gin.INITIAL_CHECKPOINT_PATH=/ckpt/t5-v1_1-lm-adapt-xl
+#     --repo=https://github.com/you/moe-jax.git \
+#     --data-dir=gs://BUCKET/kit --vocabulary=gs://BUCKET/spiece.model \
+#     --initial-checkpoint=gs://BUCKET/t5-v1_1-lm-adapt-xl -- \
+#     --gin_file=gin_configs/mov_t5_3b.gin --gin.MODEL_DIR=gs://BUCKET/mov_t5_3b
+#
+# A worker has the repository and nothing else: its inputs come from buckets
+# (or a shared mount). --data-source (jsonl | hf | parquet:DIR | p3:DIR),
+# --data-dir, --vocabulary and --initial-checkpoint become the gin macros
+# DATA_SOURCE, DATA_DIR, VOCABULARY and INITIAL_CHECKPOINT_PATH of every
+# command below. Before training, worker 0 runs a pre-flight: the planner on
+# its own chips' type, then `python -m moe_jax.preflight` (the mixture's
+# datasets in the source, the vocabulary, the initial checkpoint's metadata,
+# MODEL_DIR writable); a failure stops there, with the slice left for you to
+# fix or delete (--skip-preflight skips it; --skip-plan skips both planners).
 #
 # Before the slice is created, the planner compiles the run for --type here
 # with XLA:TPU (python -m moe_jax.plan --topology=TYPE, same flags; needs
@@ -15,7 +26,8 @@
 #
 # --dry-run prints the commands (planner included) instead of running them.
 set -euo pipefail
-NAME="" ZONE="" TYPE="v4-8" VERSION="tpu-ubuntu2204-base" REPO="" DRY=0 PLAN=1 PY=""
+NAME="" ZONE="" TYPE="v4-8" VERSION="tpu-ubuntu2204-base" REPO="" DRY=0 PLAN=1 PREFLIGHT=1 PY=""
+INPUTS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name=*) NAME="${1#*=}" ;;
@@ -25,6 +37,11 @@ while [[ $# -gt 0 ]]; do
     --repo=*) REPO="${1#*=}" ;;
     --dry-run) DRY=1 ;;
     --skip-plan) PLAN=0 ;;
+    --skip-preflight) PREFLIGHT=0 ;;
+    --data-source=*) INPUTS+=("--gin.DATA_SOURCE=${1#*=}") ;;
+    --data-dir=*) INPUTS+=("--gin.DATA_DIR=${1#*=}") ;;
+    --vocabulary=*) INPUTS+=("--gin.VOCABULARY=${1#*=}") ;;
+    --initial-checkpoint=*) INPUTS+=("--gin.INITIAL_CHECKPOINT_PATH=${1#*=}") ;;
     --python=*) PY="${1#*=}" ;;
     --) shift; break ;;
     *) echo "error: unknown option $1 (options before --, train flags after)" >&2; exit 2 ;;
@@ -33,7 +50,8 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -n "$NAME" && -n "$ZONE" && -n "$REPO" ]] || { echo "error: --name, --zone and --repo are required" >&2; exit 2; }
 [[ $# -gt 0 ]] || { echo "error: give the train flags after --" >&2; exit 2; }
-TRAIN_ARGS=$(printf ' %q' "$@")
+# The inputs go after the user's flags: on the command line, the last binding wins.
+TRAIN_ARGS=$(printf ' %q' "$@" ${INPUTS[@]+"${INPUTS[@]}"})
 
 run() { if [[ $DRY == 1 ]]; then printf '%s\n' "$*"; else eval "$@"; fi; }
 REPO_DIR=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,4 +65,13 @@ fi
 SSH="gcloud compute tpus tpu-vm ssh $NAME --zone=$ZONE --worker=all --command"
 run "gcloud compute tpus tpu-vm create $NAME --zone=$ZONE --accelerator-type=$TYPE --version=$VERSION"
 run "$SSH \"git clone $REPO moe-jax && cd moe-jax && python3 -m venv .venv && .venv/bin/pip install -e . 'jax[tpu]==0.10.2' && .venv/bin/pip install --no-deps --ignore-requires-python promptsource==0.2.3\""
+if [[ $PREFLIGHT == 1 ]]; then
+  SSH0="gcloud compute tpus tpu-vm ssh $NAME --zone=$ZONE --worker=0 --command"
+  WORKER_PLAN=""
+  [[ $PLAN == 1 ]] && WORKER_PLAN=".venv/bin/python -m moe_jax.plan --topology=$TYPE$TRAIN_ARGS && "
+  if ! run "$SSH0 \"cd moe-jax && $WORKER_PLAN.venv/bin/python -m moe_jax.preflight$TRAIN_ARGS\""; then
+    echo "error: the pre-flight on worker 0 failed (above); not training. The slice $NAME is up: fix the input and rerun with the same flags, or delete it: gcloud compute tpus tpu-vm delete $NAME --zone=$ZONE" >&2
+    exit 2
+  fi
+fi
 run "$SSH \"cd moe-jax && MOE_JAX_DISTRIBUTED=1 .venv/bin/python -m moe_jax.train$TRAIN_ARGS\""

@@ -10,7 +10,6 @@ beam decoders, and back.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -23,9 +22,9 @@ PROMPTS = [
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--hf_dir", help="local Hugging Face T5 checkpoint directory")
+  parser.add_argument("--hf_dir", help="Hugging Face T5 checkpoint directory (local or a URL)")
   parser.add_argument("--model", default="t5_1_1_tiny", help="preset used when --hf_dir is not given")
-  parser.add_argument("--vocab", default=None, help="SentencePiece model (default: the data dir's T5 vocab)")
+  parser.add_argument("--vocab", default=None, help="SentencePiece model, local or a URL (default: VOCABULARY's, see moe_jax/data/vocab.py)")
   parser.add_argument("--max_decode_length", type=int, default=16)
   parser.add_argument("--beams", type=int, default=4)
   parser.add_argument("--seed", type=int, default=0)
@@ -36,15 +35,17 @@ def main(argv=None) -> int:
   import numpy as np
   import sentencepiece as spm
 
-  from moe_jax import frozen_source, paths
+  from moe_jax import frozen_source, fs
+  from moe_jax.data import vocab as vocab_lib
   from moe_jax.models import build_model, get_preset, load_hf_checkpoint
 
-  vocab_path = args.vocab or paths.t5_vocab_path()
-  if not os.path.exists(vocab_path):
-    print(f"error: SentencePiece vocabulary not found at {vocab_path} "
-          "(set MOE_JAX_DATA_DIR or pass --vocab)", file=sys.stderr)
+  try:
+    vocab_path = args.vocab or vocab_lib.vocabulary_path()
+    sp = spm.SentencePieceProcessor(model_proto=fs.read_bytes(vocab_path))
+  except OSError as e:
+    print(f"error: SentencePiece vocabulary {vocab_path}: {e.strerror or e} "
+          f"(pass --vocab, set {vocab_lib.VOCAB_ENV} or MOE_JAX_DATA_DIR)", file=sys.stderr)
     return 2
-  sp = spm.SentencePieceProcessor(model_file=vocab_path)
 
   if args.hf_dir:
     model, params = load_hf_checkpoint(args.hf_dir)

@@ -1,7 +1,8 @@
-"""One path layer for everything a run writes or reads in MODEL_DIR.
+"""One path layer for everything a run reads or writes: MODEL_DIR, the data
+kit, the vocabulary, Hugging Face checkpoint directories, gin files, inputs.
 
 Local paths and URIs (`gs://bucket/run` on a TPU VM) go through
-`tf.io.gfile`, so a run directory can live in a bucket. Orbax takes the same
+`tf.io.gfile`, so any of them can live in a bucket. Orbax takes the same
 path strings and reaches GCS itself. Local paths are made absolute; URIs are
 left as they are (`os.path.abspath("gs://b/x")` would turn them into a local
 directory named `gs:`).
@@ -50,6 +51,26 @@ def exists(path: str) -> bool:
   return gfile().exists(path) if is_uri(path) else os.path.exists(path)
 
 
+def isfile(path: str) -> bool:
+  if is_uri(path):
+    return gfile().exists(path) and not gfile().isdir(path)
+  return os.path.isfile(path)
+
+
+def glob(pattern: str) -> list[str]:
+  """Sorted matches of a `*` pattern in one directory."""
+  if is_uri(pattern):
+    return sorted(gfile().glob(pattern))
+  import glob as glob_lib
+  return sorted(glob_lib.glob(pattern))
+
+
+def version(path: str) -> int:
+  """A number that changes when the file does (modification time, ns): keys
+  per-process caches of parsed files."""
+  return gfile().stat(path).mtime_nsec if is_uri(path) else os.stat(path).st_mtime_ns
+
+
 def isdir(path: str) -> bool:
   return gfile().isdir(path) if is_uri(path) else os.path.isdir(path)
 
@@ -69,9 +90,17 @@ def makedirs(path: str) -> None:
 
 @contextlib.contextmanager
 def open_file(path: str, mode: str = "r") -> Iterator:
+  """A file object; for a URI, TensorFlow's errors come out as OSError
+  (FileNotFoundError for a missing object), as for a local file."""
   if is_uri(path):
-    with gfile().GFile(path, mode) as f:
-      yield f
+    import tensorflow as tf
+    try:
+      with gfile().GFile(path, mode) as f:
+        yield f
+    except tf.errors.NotFoundError as e:
+      raise FileNotFoundError(2, e.message, path) from None
+    except tf.errors.OpError as e:
+      raise OSError(5, e.message, path) from None
   else:
     with open(path, mode) as f:
       yield f
@@ -102,6 +131,14 @@ def move(src: str, dst: str) -> None:
     for name in files:
       g.copy(join(root, name), join(dst, rel, name) if rel else join(dst, name))
   g.rmtree(src)
+
+
+def remove(path: str) -> None:
+  """Deletes one file."""
+  if is_uri(path):
+    gfile().remove(path)
+  else:
+    os.remove(path)
 
 
 def rmtree(path: str) -> None:

@@ -11,7 +11,8 @@ from moe_jax import quiet  # noqa: F401  before TensorFlow is imported
 
 import gin
 
-from moe_jax import paths, validation
+from moe_jax import fs, paths, validation
+from moe_jax.data import vocab
 from moe_jax.models import build_model, get_preset
 from moe_jax.peft import NO_ADAPTERS, register_with_gin
 
@@ -38,7 +39,7 @@ def model(preset: str = gin.REQUIRED, adapters=NO_ADAPTERS, dtype: str = "float3
 def data_dir(path: Optional[str] = None) -> str:
   """DATA_DIR macro -> the data directory every task reads (env var otherwise)."""
   if path:
-    os.environ["MOE_JAX_DATA_DIR"] = os.path.abspath(path)
+    os.environ["MOE_JAX_DATA_DIR"] = fs.normalize(path)
   return paths.data_dir()
 
 
@@ -69,12 +70,35 @@ def parse_flags(argv):
   return args.gin_file, bindings, [p for p in args.gin_search_paths.split(",") if p]
 
 
+def _is_remote_file(path: str) -> bool:
+  return fs.is_uri(path) and fs.isfile(path)
+
+
+def _never_raises(check):
+  def safe(path):
+    try:
+      return check(path)
+    except TypeError:
+      return False
+  return safe
+
+
+# Gin opens local files itself; gin files and search paths on gs:// (as t5x
+# allows) are read through the path layer.
+gin.config.register_file_reader(fs.open_file, _is_remote_file)
+# Gin's reader of gin files inside Python packages raises TypeError for a
+# namespace package such as gin_configs/ (no __init__.py) when the checkout
+# is on sys.path but not the working directory: a miss, not an error.
+gin.config._FILE_READERS[:] = [  # pylint: disable=protected-access
+    (reader, _never_raises(check)) for reader, check in gin.config._FILE_READERS]  # pylint: disable=protected-access
+
+
 def _find_gin_file(name: str, search) -> None:
   """A missing --gin_file is named with the places searched (gin would log each miss)."""
-  if os.path.isabs(name):
-    found = os.path.isfile(name)
+  if os.path.isabs(name) or fs.is_uri(name):
+    found = fs.isfile(name)
   else:
-    found = any(os.path.isfile(os.path.join(d, name)) for d in ["", *search])
+    found = any(fs.isfile(fs.join(d, name) if d else name) for d in ["", *search])
   if not found:
     raise FileNotFoundError(f"--gin_file={name}: not found (searched {', '.join(['.', *search])})")
 
@@ -101,6 +125,7 @@ def configure(argv) -> None:
     raise ValueError(f"gin configuration error: {e}") from None
   validation.check_macros(bindings)
   data_dir()
+  vocab.vocabulary()
 
 
 def exit_process(code: int) -> None:

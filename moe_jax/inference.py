@@ -21,13 +21,13 @@ from typing import Optional
 import gin
 import numpy as np
 
-from moe_jax import gin_utils
+from moe_jax import fs, gin_utils
 
 EOS = 1  # the T5 vocabulary's, which training appends to every prompt
 
 
 def _looks_like_file(inputs: str) -> bool:
-  return os.sep in inputs or inputs.endswith((".jsonl", ".json", ".txt"))
+  return fs.is_uri(inputs) or os.sep in inputs or inputs.endswith((".jsonl", ".json", ".txt"))
 
 
 def load_rows(inputs: str, split: str, max_examples: int) -> list[dict]:
@@ -40,7 +40,7 @@ def load_rows(inputs: str, split: str, max_examples: int) -> list[dict]:
   as seqio rows carry it, not an index into MoA.domains). Seqio rows carry
   their task's domain. Domains are matched to MoA.domains by name, as in
   training."""
-  if os.path.exists(inputs):
+  if fs.exists(inputs):
     return _jsonl_rows(inputs, max_examples)
   if _looks_like_file(inputs):
     raise FileNotFoundError(f"INFER_INPUTS={inputs}: no such file")

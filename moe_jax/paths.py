@@ -1,6 +1,6 @@
 """Where moe-jax finds its data: one setting, read everywhere.
 
-`MOE_JAX_DATA_DIR` wins; otherwise `../shared/data` next to the repository
+`MOE_JAX_DATA_DIR` (a local path or a URL such as gs://bucket/kit) wins; otherwise `../shared/data` next to the repository
 (the layout of a development checkout and of CI).
 """
 import os
@@ -14,4 +14,6 @@ def data_dir() -> str:
 
 
 def t5_vocab_path() -> str:
-  return os.path.join(data_dir(), "t5_vocab", "spiece.model")
+  """The data kit's copy of the vocabulary (see data/vocab.py for the others)."""
+  from moe_jax import fs
+  return fs.join(data_dir(), "t5_vocab", "spiece.model")

@@ -22,7 +22,7 @@ def load_initial(model, params, path: str):
   checkpoint (a run's `checkpoints/` folder or one step of it)."""
   from moe_jax.models import hf, layer_layout, t5x
   step = None
-  if not fs.is_uri(path) and fs.exists(fs.join(path, "config.json")):
+  if fs.exists(fs.join(path, "config.json")):
     source = hf.read_hf_params(path)  # read tensor by tensor, straight into the shards
   elif t5x.is_t5x_checkpoint(path):
     ckpt = t5x.T5XCheckpoint(path)

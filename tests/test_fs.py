@@ -83,3 +83,90 @@ def test_reports_plots_and_adapters_on_a_uri(in_empty_cwd):
   path = adapter_export.save_adapters({"a_adapter": {"w": np.arange(3.0)}}, "ram://report_test/export/adapters.safetensors")
   assert fs.read_bytes(path)[8:9] == b"{"  # header length, then the JSON header
   fs.rmtree("ram://report_test")
+
+
+def test_the_vocabulary_from_a_url_the_kit_or_the_public_bucket(in_empty_cwd, monkeypatch):
+  """VOCABULARY / MOE_JAX_VOCABULARY (local or URL) first, the kit's copy
+  next, the public bucket last; when neither default can be read, one error
+  names both places."""
+  from moe_jax import paths
+  from moe_jax.data import vocab
+  kit_copy = paths.t5_vocab_path()
+  fs.makedirs("ram://vocab_test")
+  fs.write_bytes("ram://vocab_test/spiece.model", fs.read_bytes(kit_copy))
+  monkeypatch.delenv(vocab.VOCAB_ENV, raising=False)
+  assert vocab.vocabulary_path() == kit_copy
+  v = vocab.t5_vocabulary("ram://vocab_test/spiece.model")
+  assert v.vocab_size == 32100 and v.encode("The house is wonderful.") == [37, 629, 19, 1627, 5]
+  vocab.vocabulary("ram://vocab_test/spiece.model")  # the VOCABULARY macro
+  assert vocab.vocabulary_path() == "ram://vocab_test/spiece.model"
+  assert vocab.t5_vocabulary() is v  # loaded once per process and path
+  monkeypatch.delenv(vocab.VOCAB_ENV)
+  monkeypatch.setenv("MOE_JAX_DATA_DIR", str(in_empty_cwd / "no_kit"))
+  assert vocab.vocabulary_path() == vocab.PUBLIC_VOCABULARY
+  monkeypatch.setattr(vocab, "PUBLIC_VOCABULARY", "ram://vocab_test/absent.model")  # no network here
+  with pytest.raises(FileNotFoundError) as e:
+    vocab.t5_vocabulary()
+  assert str(in_empty_cwd / "no_kit" / "t5_vocab" / "spiece.model") in str(e.value)
+  assert "ram://vocab_test/absent.model" in str(e.value) and vocab.VOCAB_ENV in str(e.value)
+  fs.write_bytes("ram://vocab_test/bad.model", b"not a model")
+  with pytest.raises(ValueError, match="VOCABULARY=ram://vocab_test/bad.model: not a SentencePiece model"):
+    vocab.t5_vocabulary("ram://vocab_test/bad.model")
+  fs.rmtree("ram://vocab_test")
+
+
+def test_a_sharded_hugging_face_directory_on_a_url(in_empty_cwd):
+  """config.json + two safetensors shards + index on ram://: the same weights
+  as the local copy, read tensor by tensor (RemoteTensor)."""
+  import jax
+  from moe_jax import frozen_source
+  from moe_jax.models import build_model, get_preset, hf, safetensors_io
+  model = build_model(get_preset("t5_1_1_tiny"))
+  local = hf.save_hf_checkpoint(model, frozen_source.init_params(model, 3), str(in_empty_cwd / "hf"))
+  tensors = {k: np.asarray(v) for k, v in safetensors_io.load(f"{local}/model.safetensors").items()}
+  names = sorted(tensors)
+  url = "ram://hf_test/t5_tiny"
+  fs.makedirs(url)
+  weight_map = {}
+  for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+    shard = f"model-0000{i + 1}-of-00002.safetensors"
+    safetensors_io.save(f"{url}/{shard}", {k: tensors[k] for k in part})
+    weight_map.update({k: shard for k in part})
+  fs.write_text(f"{url}/model.safetensors.index.json", json.dumps({"weight_map": weight_map}))
+  fs.write_text(f"{url}/config.json", fs.read_text(f"{local}/config.json"))
+  remote = safetensors_io.load(f"{url}/model-00001-of-00002.safetensors")
+  assert all(isinstance(t, safetensors_io.RemoteTensor) for t in remote.values())
+  _, want = hf.load_hf_checkpoint(local)
+  _, got = hf.load_hf_checkpoint(url)
+  assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, want, got))
+  fs.rmtree("ram://hf_test")
+
+
+def test_gin_files_and_search_paths_on_a_url(in_empty_cwd):
+  import gin
+  from moe_jax import gin_utils
+  from tests.inprocess import restored_state
+  fs.makedirs("ram://gin_test/configs")
+  fs.write_text("ram://gin_test/configs/mine.gin", "include 'demo.gin'\nBATCH_SIZE = 6\n")
+  with restored_state():
+    gin_utils.configure(["--gin_search_paths=ram://gin_test/configs", "--gin_file=mine.gin"])
+    assert gin.query_parameter("%BATCH_SIZE") == 6
+    gin_utils.configure(["--gin_file=ram://gin_test/configs/mine.gin"])
+    assert gin.query_parameter("%BATCH_SIZE") == 6
+    with pytest.raises(FileNotFoundError, match="--gin_file=ram://gin_test/configs/absent.gin: not found"):
+      gin_utils.configure(["--gin_file=ram://gin_test/configs/absent.gin"])
+  fs.rmtree("ram://gin_test")
+
+
+def test_a_t5x_checkpoint_on_a_url_other_than_gcs(in_empty_cwd):
+  from moe_jax.models import t5x
+  from moe_jax.models.hf import CheckpointError
+  fs.makedirs("ram://t5x_test/ckpt")
+  fs.write_bytes("ram://t5x_test/ckpt/checkpoint", b"\x80")
+  assert t5x.is_t5x_checkpoint("ram://t5x_test/ckpt")
+  with pytest.raises(CheckpointError, match=r"ram://t5x_test/ckpt/checkpoint: no parameters"):
+    t5x.T5XCheckpoint("ram://t5x_test/ckpt")  # the msgpack file was read from the URL (an empty map)
+  from moe_jax.models.t5x import reader
+  with pytest.raises(CheckpointError, match="ram://t5x_test/ckpt: T5X arrays are read with TensorStore"):
+    reader._kvstore("ram://t5x_test/ckpt")
+  fs.rmtree("ram://t5x_test")

@@ -17,11 +17,31 @@ def test_tpu_pod_dry_run_runs_the_train_command_on_all_workers():
   # The planner first, for the slice's type and with the run's own flags.
   assert "-m moe_jax.plan --topology=v4-64 --gin_file=gin_configs/mov_t5_3b.gin --gin.MODEL_DIR=gs://b/run" in lines[0]
   assert lines[1].startswith("gcloud compute tpus tpu-vm create p") and "v4-64" in lines[1]
-  assert "--worker=all" in lines[3] and "python -m moe_jax.train --gin_file=gin_configs/mov_t5_3b.gin" in lines[3]
+  assert "--worker=0" in lines[3] and "moe_jax.preflight" in lines[3]  # the pre-flight on worker 0
+  assert "--worker=all" in lines[4] and "python -m moe_jax.train --gin_file=gin_configs/mov_t5_3b.gin" in lines[4]
   assert _run("tpu_pod.sh", "--dry-run", "--", "x").returncode == 2
   skipped = _run("tpu_pod.sh", "--name=p", "--zone=z", "--repo=r", "--skip-plan", "--dry-run", "--", "--gin.X=1")
   assert skipped.returncode == 0 and "moe_jax.plan" not in skipped.stdout
   assert skipped.stdout.startswith("gcloud compute tpus tpu-vm create p")
+
+
+def test_tpu_pod_carries_the_inputs_to_every_worker_and_checks_them_on_worker_0():
+  inputs = ["--data-source=parquet:gs://b/pq", "--data-dir=gs://b/kit", "--vocabulary=gs://b/spiece.model",
+            "--initial-checkpoint=gs://b/t5-xl"]
+  out = _run("tpu_pod.sh", "--name=p", "--zone=z", "--type=v4-64", "--repo=r", *inputs, "--dry-run", "--",
+             "--gin_file=gin_configs/mov_t5_3b.gin", "--gin.MODEL_DIR=gs://b/run")
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.strip().splitlines()
+  macros = ("--gin.DATA_SOURCE=parquet:gs://b/pq --gin.DATA_DIR=gs://b/kit --gin.VOCABULARY=gs://b/spiece.model "
+            "--gin.INITIAL_CHECKPOINT_PATH=gs://b/t5-xl")
+  assert lines[0].endswith("--gin.MODEL_DIR=gs://b/run " + macros)  # the planner here
+  preflight, train = lines[3], lines[4]
+  assert "--worker=0" in preflight and f"moe_jax.plan --topology=v4-64 --gin_file=gin_configs/mov_t5_3b.gin " \
+      f"--gin.MODEL_DIR=gs://b/run {macros} && .venv/bin/python -m moe_jax.preflight" in preflight
+  assert preflight.endswith(macros + '"')
+  assert "--worker=all" in train and "-m moe_jax.train" in train and train.endswith(macros + '"')
+  skipped = _run("tpu_pod.sh", "--name=p", "--zone=z", "--repo=r", "--skip-preflight", "--dry-run", "--", "--gin.X=1")
+  assert skipped.returncode == 0 and "moe_jax.preflight" not in skipped.stdout
 
 
 def test_tpu_pod_stops_before_creating_the_slice_when_the_run_does_not_fit():
@@ -41,4 +61,10 @@ def test_slurm_dry_run_prints_the_batch_script():
              "--gin_file=gin_configs/mov_t5_3b.gin")
   assert out.returncode == 0, out.stderr
   assert "#SBATCH --nodes=4" in out.stdout and "srun env MOE_JAX_DISTRIBUTED=1" in out.stdout
+  with_inputs = _run("slurm_gpu.sh", "--dry-run", "--data-dir=/shared/kit", "--vocabulary=gs://b/spiece.model",
+                     "--", "--gin_file=gin_configs/mov_t5_3b.gin").stdout.splitlines()
+  pre = with_inputs.index("srun --nodes=1 --ntasks=1 .venv/bin/python -m moe_jax.preflight --gin_file=gin_configs/"
+                          "mov_t5_3b.gin --gin.DATA_DIR=/shared/kit --gin.VOCABULARY=gs://b/spiece.model || exit 2")
+  assert with_inputs[pre + 1].endswith("moe_jax.train --gin_file=gin_configs/mov_t5_3b.gin --gin.DATA_DIR=/shared/kit "
+                                       "--gin.VOCABULARY=gs://b/spiece.model")
   assert _run("slurm_gpu.sh", "--bogus").returncode == 2

@@ -46,12 +46,19 @@ def main(argv=None) -> int:
   group.add_argument("--task")
   args = parser.parse_args(argv)
   import tasks  # noqa: F401  registers (no data read)
-  from moe_jax.data import sources
   try:
-    entries = _entries(args.mixture, args.task)
+    summary = report(args.mixture, args.task)
   except KeyError as e:
     print(f"error: {e.args[0]}", file=sys.stderr)
     return 2
+  print(json.dumps(summary))
+  return 0
+
+
+def report(mixture: str | None, task: str | None = None) -> dict:
+  """Prints the table; returns the summary. KeyError for an unknown name."""
+  from moe_jax.data import sources
+  entries = _entries(mixture, task)
   source = sources.current()
   rows, missing, n_tasks = [], [], 0
   for spec, names, rate, split in entries:
@@ -69,9 +76,7 @@ def main(argv=None) -> int:
   print("|---|---:|---:|---|---|")
   for r in rows:
     print("| " + " | ".join(str(x) for x in r) + " |")
-  print(json.dumps({"datasets": len(rows), "tasks": n_tasks, "available": len(rows) - len(missing),
-                    "missing": missing}))
-  return 0
+  return {"datasets": len(rows), "tasks": n_tasks, "available": len(rows) - len(missing), "missing": missing}
 
 
 if __name__ == "__main__":

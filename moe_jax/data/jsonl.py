@@ -6,10 +6,9 @@ Files follow `<dataset>/<subset or _>/<split>.jsonl` in the Hugging Face
 from __future__ import annotations
 
 import json
-import os
 from typing import Iterator, Optional, Sequence
 
-from moe_jax import paths
+from moe_jax import fs, paths
 
 
 class DataError(ValueError):
@@ -17,7 +16,7 @@ class DataError(ValueError):
 
 
 def split_path(dataset: str, subset: Optional[str], split: str, data_dir: Optional[str] = None) -> str:
-  return os.path.join(data_dir or paths.data_dir(), dataset, subset or "_", f"{split}.jsonl")
+  return fs.join(data_dir or paths.data_dir(), dataset, subset or "_", f"{split}.jsonl")
 
 
 def _kind(v) -> str:
@@ -36,14 +35,14 @@ def numbered_rows(path: str, required: Sequence[str] = (), same_fields: bool = T
   is allowed anywhere) and, with `same_fields`, a row whose fields differ from
   the first row's (every HF row has every column); an empty file is an error
   too."""
-  if not os.path.exists(path):
+  if not fs.exists(path):
     raise DataError(f"{path}: file not found (data dir: {paths.data_dir()}; set MOE_JAX_DATA_DIR)")
-  if os.path.isdir(path):
+  if fs.isdir(path):
     raise DataError(f"{path}: is a directory, not a JSONL file")
   schema: dict[str, tuple[str, int]] = {}
   first_fields = None
   rows = 0
-  with open(path, "rb") as f:
+  with fs.open_file(path, "rb") as f:
     for line_no, raw in enumerate(f, 1):
       try:
         line = raw.decode("utf-8")
@@ -89,5 +88,5 @@ def read_rows(path: str, required: Sequence[str] = ()) -> Iterator[dict]:
 
 
 def count_rows(path: str) -> int:
-  with open(path, encoding="utf-8", errors="replace") as f:
+  with fs.open_file(path, "rb") as f:
     return sum(1 for line in f if line.strip())

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import re
 import zlib
 from typing import Optional
@@ -24,6 +23,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from moe_jax import fs
 from moe_jax.data import ids, jsonl, p3_release, sources, templates, vocab
 
 SHUFFLE_BUFFER = 16
@@ -77,10 +77,10 @@ def _parsed_file(path: str, mtime_ns: int) -> tuple:
 def parsed_rows(path: str):
   """A file's rows, parsed once per process: a mixture has one task per
   template, so each file backs ~10 tasks, and JSON parsing dominated start-up."""
-  if not os.path.exists(path):
+  if not fs.exists(path):
     yield from jsonl.read_rows(path)  # raises the DataError naming the file
     return
-  yield from _parsed_file(path, os.stat(path).st_mtime_ns)
+  yield from _parsed_file(path, fs.version(path))
 
 
 def sample_order(indices, seed: int) -> list:

@@ -25,6 +25,7 @@ from typing import Iterator, Optional
 
 import gin
 
+from moe_jax import fs
 from moe_jax.data.jsonl import DataError
 
 SOURCE_ENV = "MOE_JAX_DATA_SOURCE"
@@ -101,9 +102,9 @@ class Source:
     if self.kind == "jsonl":
       from moe_jax.data import p3  # the per-process parse cache lives there
       path = spec.file(seqio_split)
-      if not os.path.exists(path):
+      if not fs.exists(path):
         raise UnavailableDataError(f"{spec.hf_name}: the jsonl source has no {path} "
-                                f"(data dir {os.path.dirname(os.path.dirname(os.path.dirname(path)))}; "
+                                f"(data dir {fs.dirname(fs.dirname(fs.dirname(path)))}; "
                                 f"set MOE_JAX_DATA_DIR, choose another {SOURCE_ENV}, or {SKIP_ENV}=1)")
       return p3.parsed_rows(path)
     if self.kind == "hf":
@@ -121,7 +122,7 @@ class Source:
     split = self.split_name(spec, seqio_split)
     if self.kind == "jsonl":
       path = spec.file(seqio_split)
-      return None if os.path.exists(path) else f"no {path}"
+      return None if fs.exists(path) else f"no {path}"
     if self.kind == "parquet":
       from moe_jax.data import parquet
       return parquet.missing(self.root, spec.dataset, spec.subset, split)

@@ -10,7 +10,6 @@ and renamed into place, so a failure leaves nothing behind.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+from moe_jax import fs
 from moe_jax.models import layer_layout, safetensors_io
 from moe_jax.models.api import BaseModel, build_model
 from moe_jax.models.configs import DecoderConfig, ModelConfig, T5Config
@@ -284,23 +284,45 @@ def tensor_table(config: ModelConfig):
 # ---------------------------------------------------------------------------
 # reading
 
+def read_config(path: str) -> dict:
+  """An HF checkpoint directory's config.json (local or a URL)."""
+  cfg_file = fs.join(path, "config.json")
+  if not fs.exists(cfg_file):
+    raise CheckpointError(f"{path}: missing config.json")
+  try:
+    cfg = json.loads(fs.read_text(cfg_file))
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{cfg_file}: invalid JSON ({e})") from None
+  if not isinstance(cfg, dict):
+    raise CheckpointError(f"{cfg_file}: expected a JSON object")
+  return cfg
+
+
+def read_weight_map(index: str) -> dict:
+  """tensor -> shard file of a sharded checkpoint's index."""
+  try:
+    weight_map = json.loads(fs.read_text(index)).get("weight_map")
+  except (OSError, ValueError, AttributeError) as e:
+    raise CheckpointError(f"{index}: invalid JSON index ({e})") from None
+  if not isinstance(weight_map, dict):
+    raise CheckpointError(f"{index}: no 'weight_map' object")
+  return weight_map
+
+
 def _read_all_tensors(path: str) -> dict[str, tuple[np.ndarray, str]]:
-  index = os.path.join(path, "model.safetensors.index.json")
-  if os.path.exists(index):
-    with open(index) as f:
-      weight_map = json.load(f).get("weight_map")
-    if not isinstance(weight_map, dict):
-      raise CheckpointError(f"{index}: no 'weight_map' object")
+  index = fs.join(path, "model.safetensors.index.json")
+  if fs.exists(index):
+    weight_map = read_weight_map(index)
     files = sorted(set(weight_map.values()))
   else:
-    files = sorted(os.path.basename(f) for f in glob.glob(os.path.join(path, "*.safetensors")))
+    files = [fs.basename(f) for f in fs.glob(fs.join(path, "*.safetensors"))]
     weight_map = None
   if not files:
-    raise CheckpointError(f"{path}: no *.safetensors files (found {sorted(os.listdir(path))})")
+    raise CheckpointError(f"{path}: no *.safetensors files (found {sorted(fs.listdir(path))})")
   tensors = {}
   for name in files:
-    file = os.path.join(path, name)
-    if not os.path.exists(file):
+    file = fs.join(path, name)
+    if not fs.exists(file):
       raise CheckpointError(f"{index}: shard {name!r} listed in weight_map does not exist")
     for key, arr in safetensors_io.load(file).items():
       if key in tensors:
@@ -325,16 +347,10 @@ def load_hf_checkpoint(path: str, dtype: Any = "float32", *, activation_dtype: A
   """
   dtype = jnp.dtype(dtype).name
   activation_dtype = jnp.dtype(activation_dtype or dtype).name
-  cfg_file = os.path.join(path, "config.json")
-  if not os.path.isdir(path):
+  cfg_file = fs.join(path, "config.json")
+  if not fs.isdir(path):
     raise CheckpointError(f"{path}: not a directory")
-  if not os.path.exists(cfg_file):
-    raise CheckpointError(f"{path}: missing config.json")
-  try:
-    with open(cfg_file) as f:
-      hf_cfg = json.load(f)
-  except ValueError as e:
-    raise CheckpointError(f"{cfg_file}: invalid JSON ({e})") from None
+  hf_cfg = read_config(path)
   config = config_from_hf(hf_cfg, cfg_file, dtype, activation_dtype)
   tensors = _read_all_tensors(path)
   config = _resolve_head_tying(config, tensors)
@@ -403,12 +419,8 @@ def _host_params(config, table, tensors) -> dict:
 def read_hf_params(path: str) -> dict:
   """The backbone parameters of an HF checkpoint directory, unrolled, as
   `LazyTensor`s (nothing read yet): for loading into a sharded model."""
-  cfg_file = os.path.join(path, "config.json")
-  try:
-    with open(cfg_file) as f:
-      hf_cfg = json.load(f)
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"{cfg_file}: {e}") from None
+  cfg_file = fs.join(path, "config.json")
+  hf_cfg = read_config(path)
   tensors = _read_all_tensors(path)
   config = _resolve_head_tying(config_from_hf(hf_cfg, cfg_file, "float32", "float32"), tensors)
   table, _ = tensor_table(config)
@@ -481,9 +493,16 @@ def save_hf_checkpoint(model: BaseModel, params, path: str, *, overwrite: bool =
   hf_cfg = config_to_hf(config)
   hf_cfg["dtype"] = out_dtype.name
 
-  path = os.path.abspath(path)
-  if os.path.exists(path) and os.listdir(path) and not overwrite:
+  path = fs.normalize(path)
+  if fs.exists(path) and fs.listdir(path) and not overwrite:
     raise CheckpointError(f"{path}: exists and is not empty (pass overwrite=True)")
+  if fs.is_uri(path):
+    # Object stores have no directory rename: the weights first, config.json
+    # last, so a reader (which looks for config.json) never sees half of it.
+    fs.makedirs(path)
+    safetensors_io.save(fs.join(path, "model.safetensors"), tensors)
+    fs.write_text(fs.join(path, "config.json"), json.dumps(hf_cfg, indent=2))
+    return path
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 from flax import serialization, traverse_util
 
+from moe_jax import fs
 from moe_jax.models.hf import CheckpointError
 
 CHECKPOINT_FILE = "checkpoint"
@@ -38,13 +39,15 @@ def _kvstore(directory: str) -> dict:
   if _is_gcs(directory):
     bucket, prefix = _split_gcs(directory)
     return {"driver": "gcs", "bucket": bucket, "path": prefix.rstrip("/") + "/" if prefix else ""}
+  if fs.is_uri(directory):
+    raise CheckpointError(f"{directory}: T5X arrays are read with TensorStore, from a local path or gs:// "
+                          "only (copy the checkpoint to one of them)")
   return {"driver": "file", "path": os.path.abspath(directory).rstrip("/") + "/"}
 
 
 def _read_bytes(file: str) -> bytes:
   if not _is_gcs(file):
-    with open(file, "rb") as f:
-      return f.read()
+    return fs.read_bytes(file)
   import tensorstore as ts
   directory, name = file.rsplit("/", 1)
   try:
@@ -161,22 +164,22 @@ def find_checkpoint_file(path: str) -> str:
   path = path.rstrip("/") if path != "/" else path
   if _is_gcs(path):
     return path if path.endswith("/" + CHECKPOINT_FILE) else f"{path}/{CHECKPOINT_FILE}"
-  if os.path.isfile(path):
+  if fs.isfile(path):
     return path
-  if not os.path.exists(path):
+  if not fs.exists(path):
     raise CheckpointError(f"{path}: does not exist")
-  for candidate in (os.path.join(path, CHECKPOINT_FILE), os.path.join(path, "state", CHECKPOINT_FILE)):
-    if os.path.isfile(candidate):
+  for candidate in (fs.join(path, CHECKPOINT_FILE), fs.join(path, "state", CHECKPOINT_FILE)):
+    if fs.isfile(candidate):
       return candidate
   raise CheckpointError(f"{path}: not a T5X checkpoint (no msgpack file named '{CHECKPOINT_FILE}')")
 
 
 def is_t5x_checkpoint(path: str) -> bool:
   """A gs:// path, a file, or a directory holding a `checkpoint` file."""
-  if _is_gcs(path) or os.path.isfile(path):
+  if _is_gcs(path) or fs.isfile(path):
     return True
-  return os.path.isdir(path) and (os.path.isfile(os.path.join(path, CHECKPOINT_FILE)) or
-                                  os.path.isfile(os.path.join(path, "state", CHECKPOINT_FILE)))
+  return fs.isdir(path) and (fs.isfile(fs.join(path, CHECKPOINT_FILE)) or
+                             fs.isfile(fs.join(path, "state", CHECKPOINT_FILE)))
 
 
 class T5XCheckpoint:
@@ -184,7 +187,7 @@ class T5XCheckpoint:
 
   def __init__(self, path: str):
     self.file = find_checkpoint_file(path)
-    self.directory = self.file.rsplit("/", 1)[0] if _is_gcs(self.file) else os.path.dirname(self.file)
+    self.directory = self.file.rsplit("/", 1)[0] if _is_gcs(self.file) else fs.dirname(self.file)
     try:
       contents = serialization.msgpack_restore(_read_bytes(self.file))
     except CheckpointError:
