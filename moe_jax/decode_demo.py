@@ -35,16 +35,15 @@ def main(argv=None) -> int:
   import numpy as np
   import sentencepiece as spm
 
-  from moe_jax import frozen_source, fs
-  from moe_jax.data import vocab as vocab_lib
+  from moe_jax import frozen_source, fs, paths
   from moe_jax.models import build_model, get_preset, load_hf_checkpoint
 
   try:
-    vocab_path = args.vocab or vocab_lib.vocabulary_path()
+    vocab_path = args.vocab or paths.vocabulary_path()
     sp = spm.SentencePieceProcessor(model_proto=fs.read_bytes(vocab_path))
   except OSError as e:
     print(f"error: SentencePiece vocabulary {vocab_path}: {e.strerror or e} "
-          f"(pass --vocab, set {vocab_lib.VOCAB_ENV} or MOE_JAX_DATA_DIR)", file=sys.stderr)
+          f"(pass --vocab, set {paths.VOCAB_ENV} or MOE_JAX_DATA_DIR)", file=sys.stderr)
     return 2
 
   if args.hf_dir:

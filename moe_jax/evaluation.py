@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import gin
 import jax
 
-from moe_jax import fs, plots, validation
+from moe_jax import fs, plots, preemption, validation
 
 
 SUITES = ("t0_eval", "commonsense")
@@ -28,7 +28,14 @@ class EvalProgress:
     self.finished, self.current = 0, None
 
   def __call__(self, template: str) -> None:
-    """Called before `template` is scored (so every earlier one is done)."""
+    """Called before `template` is scored (so every earlier one is done), on
+    every process in the same order: where a training run's stop signal
+    (preemption.py) ends the evaluation."""
+    stop = preemption.active()
+    if stop is not None:
+      signame = stop.agreed()
+      if signame:
+        raise preemption.Stopped(signame)
     key = self.dataset_of.get(template)
     now = self.clock()
     if key != self.current or now - self.last >= self.every:

@@ -18,8 +18,8 @@ import posixpath
 from typing import Iterator
 
 
-def is_uri(path: str) -> bool:
-  return "://" in path
+def is_uri(path) -> bool:
+  return "://" in os.fspath(path)
 
 
 def gfile():
@@ -29,6 +29,7 @@ def gfile():
 
 def normalize(path: str) -> str:
   """Absolute local path, or the URI unchanged (trailing slash dropped)."""
+  path = os.fspath(path)
   return path.rstrip("/") if is_uri(path) else os.path.abspath(path)
 
 
@@ -151,16 +152,25 @@ def rmtree(path: str) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-  """Writes `path` whole: via a temporary sibling then a rename."""
-  with open_file(path + ".tmp", "w") as f:
-    f.write(text)
-  replace(path + ".tmp", path)
+  """Writes `path` whole: via a temporary sibling then a rename; interrupted
+  (a stop signal, an error), it leaves the old file and no temporary one."""
+  _write_whole(path, text, "w")
 
 
 def write_bytes(path: str, data: bytes) -> None:
-  with open_file(path + ".tmp", "wb") as f:
-    f.write(data)
-  replace(path + ".tmp", path)
+  _write_whole(path, data, "wb")
+
+
+def _write_whole(path: str, data, mode: str) -> None:
+  tmp = path + ".tmp"
+  try:
+    with open_file(tmp, mode) as f:
+      f.write(data)
+    replace(tmp, path)
+  except BaseException:
+    if exists(tmp):
+      remove(tmp)
+    raise
 
 
 def read_text(path: str) -> str:

@@ -11,8 +11,7 @@ from moe_jax import quiet  # noqa: F401  before TensorFlow is imported
 
 import gin
 
-from moe_jax import fs, paths, validation
-from moe_jax.data import vocab
+from moe_jax import fs, paths, preemption, validation
 from moe_jax.models import build_model, get_preset
 from moe_jax.peft import NO_ADAPTERS, register_with_gin
 
@@ -41,6 +40,15 @@ def data_dir(path: Optional[str] = None) -> str:
   if path:
     os.environ["MOE_JAX_DATA_DIR"] = fs.normalize(path)
   return paths.data_dir()
+
+
+@gin.configurable
+def vocabulary(path: Optional[str] = None) -> None:
+  """VOCABULARY macro -> the environment every reader sees (as DATA_DIR does);
+  nothing is read here: the planner configures runs whose buckets it cannot
+  reach (moe_jax/data/vocab.py reads it)."""
+  if path:
+    os.environ[paths.VOCAB_ENV] = fs.normalize(path)
 
 
 def _as_binding(flag: str) -> str:
@@ -125,7 +133,7 @@ def configure(argv) -> None:
     raise ValueError(f"gin configuration error: {e}") from None
   validation.check_macros(bindings)
   data_dir()
-  vocab.vocabulary()
+  vocabulary()
 
 
 def exit_process(code: int) -> None:
@@ -153,7 +161,9 @@ def error_message(e: BaseException) -> str:
 
 def run(main_fn, argv=None) -> int:
   """Runs an entry point; configuration and input errors print one line
-  `error: ...` and give status 2, divergence 1, anything else a traceback and 1."""
+  `error: ...` and give status 2, divergence 1, a stop signal (SIGTERM,
+  SIGINT) one line and `preemption.EXIT_CODE` (75), anything else a
+  traceback and 1."""
   from moe_jax.checkpoints import CheckpointError
   from moe_jax.data.jsonl import DataError
   from moe_jax.models.hf import CheckpointError as HFCheckpointError
@@ -161,8 +171,12 @@ def run(main_fn, argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   quiet.import_tensorflow()
   try:
-    configure(argv)
-    main_fn()
+    with preemption.raising():  # the trainer installs its own, saving handlers
+      configure(argv)
+      main_fn()
+  except preemption.Stopped as e:
+    print(one_line(e), file=sys.stderr, flush=True)
+    return preemption.EXIT_CODE
   except TrainingError as e:
     print(f"error: {one_line(e)}", file=sys.stderr)
     return 1

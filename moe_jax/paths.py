@@ -14,6 +14,22 @@ def data_dir() -> str:
 
 
 def t5_vocab_path() -> str:
-  """The data kit's copy of the vocabulary (see data/vocab.py for the others)."""
+  """The data kit's copy of the vocabulary."""
   from moe_jax import fs
   return fs.join(data_dir(), "t5_vocab", "spiece.model")
+
+
+VOCAB_ENV = "MOE_JAX_VOCABULARY"
+# t5.data.DEFAULT_SPM_PATH, the default of t5x and seqio: 32,000 pieces (cc_all.32000).
+PUBLIC_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
+
+
+def vocabulary_path() -> str:
+  """The T5 vocabulary: VOCABULARY / $MOE_JAX_VOCABULARY (a local path or a
+  URL) if set, else the kit's copy if present, else the public bucket's."""
+  from moe_jax import fs
+  explicit = os.environ.get(VOCAB_ENV)
+  if explicit:
+    return explicit
+  kit = t5_vocab_path()
+  return kit if fs.exists(kit) else PUBLIC_VOCABULARY

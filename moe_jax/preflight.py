@@ -22,7 +22,7 @@ import uuid
 
 import gin
 
-from moe_jax import fs, gin_utils
+from moe_jax import fs, gin_utils, paths
 
 
 def _macro(name: str, default=None):
@@ -50,7 +50,7 @@ def check_data(mixture: str) -> str:
 def check_vocabulary() -> str:
   from moe_jax.data import vocab
   v = vocab.t5_vocabulary()
-  return f"vocabulary: {vocab.vocabulary_path()} ({v.vocab_size} ids)"
+  return f"vocabulary: {paths.vocabulary_path()} ({v.vocab_size} ids)"
 
 
 def check_checkpoint(path: str) -> str:

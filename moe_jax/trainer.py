@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from moe_jax import (checkpoints, frozen_source, fs, metrics, optim, partitioning, routing_embeddings,
+from moe_jax import (checkpoints, frozen_source, fs, metrics, optim, partitioning, preemption, routing_embeddings,
                      validation, weights)
 from moe_jax.data.jsonl import DataError
 from moe_jax.models.api import BaseModel
@@ -334,30 +334,55 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   to_model_domains = _moa_domains(model)
   rng = jax.random.key(seed + 1)
   last = {}
-  while step < train_steps:
-    batch, pending = (pending, None) if pending is not None else (next(batch_iter), None)
-    batches_seen += 1
-    if routing_table is not None:
-      batch = routing_embeddings.attach(batch, routing_table)
-    batch = to_model_domains(batch)
-    task_ids = batch.get("task_id")
-    if task_ids is not None and np.ndim(task_ids) != 1:
-      task_ids = None  # packed: ids per segment, but the logged losses are per row
-    with partitioner.context():
-      trainable, opt_state, m = step_fn(trainable, frozen, opt_state, partitioner.shard_batch(batch, batch_size),
-                                        jax.random.fold_in(rng, step))
-    step += 1
-    _check_finite(m, step, ckpts.latest_step())
-    tokens = sum(int(np.sum(batch[k] > 0)) for k in ("encoder_input_tokens", "decoder_target_tokens")
-                 if k in batch)
-    last = logger.log(step, m, learning_rate, tokens, task_ids,
-                      force=step == train_steps or step % log_period == 0)
-    if step % checkpoint_period == 0 or step == train_steps:
-      state = {"trainable": trainable, "opt_state": opt_state, "step": np.int64(step),
-               "batches_seen": np.int64(batches_seen)}
-      ckpts.save(step, {**state, "frozen": frozen} if save_frozen else state, force=True)
-    if evaluator is not None and ((eval_period and step % eval_period == 0) or step == train_steps):
-      evaluator(model, merge_params(trainable, frozen), step)
+
+  def save(step, stopping=False):
+    state = {"trainable": trainable, "opt_state": opt_state, "step": np.int64(step),
+             "batches_seen": np.int64(batches_seen)}
+    stop.saving = stopping  # a second signal now exits at once (orbax's save is atomic)
+    ckpts.save(step, {**state, "frozen": frozen} if save_frozen else state, force=True)
+
+  def stopped(signame, step, saved):
+    """Save at `step` (unless just saved), flush, wait for the save, raise Stopped."""
+    if not saved:
+      print(f"saving checkpoint step {step} before stopping", file=sys.stderr, flush=True)
+      save(step, stopping=True)
+    logger.close()  # the metrics log and TensorBoard
+    ckpts.close()  # returns when the checkpoint is complete
+    stop.saving = False
+    raise preemption.Stopped(signame, step, step)
+
+  # A stop signal (preemption.py) only sets a flag; after each step all
+  # processes agree whether one arrived anywhere, save there and stop.
+  with preemption.training() as stop:
+    while step < train_steps:
+      batch, pending = (pending, None) if pending is not None else (next(batch_iter), None)
+      batches_seen += 1
+      if routing_table is not None:
+        batch = routing_embeddings.attach(batch, routing_table)
+      batch = to_model_domains(batch)
+      task_ids = batch.get("task_id")
+      if task_ids is not None and np.ndim(task_ids) != 1:
+        task_ids = None  # packed: ids per segment, but the logged losses are per row
+      with partitioner.context():
+        trainable, opt_state, m = step_fn(trainable, frozen, opt_state, partitioner.shard_batch(batch, batch_size),
+                                          jax.random.fold_in(rng, step))
+      step += 1
+      _check_finite(m, step, ckpts.latest_step())
+      tokens = sum(int(np.sum(batch[k] > 0)) for k in ("encoder_input_tokens", "decoder_target_tokens")
+                   if k in batch)
+      last = logger.log(step, m, learning_rate, tokens, task_ids,
+                        force=step == train_steps or step % log_period == 0)
+      signame = stop.agreed()  # the same answer on every process, at this step
+      periodic = step % checkpoint_period == 0 or step == train_steps
+      if periodic:
+        save(step)
+      if signame:
+        stopped(signame, step, saved=periodic)
+      if evaluator is not None and ((eval_period and step % eval_period == 0) or step == train_steps):
+        try:
+          evaluator(model, merge_params(trainable, frozen), step)
+        except preemption.Stopped as e:  # a signal during the evaluation, which polls `agreed`
+          stopped(e.signame, step, saved=periodic)
   logger.close()
   ckpts.close()
   return last

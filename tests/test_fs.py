@@ -94,17 +94,19 @@ def test_the_vocabulary_from_a_url_the_kit_or_the_public_bucket(in_empty_cwd, mo
   kit_copy = paths.t5_vocab_path()
   fs.makedirs("ram://vocab_test")
   fs.write_bytes("ram://vocab_test/spiece.model", fs.read_bytes(kit_copy))
-  monkeypatch.delenv(vocab.VOCAB_ENV, raising=False)
-  assert vocab.vocabulary_path() == kit_copy
+  monkeypatch.setenv(vocab.VOCAB_ENV, "")  # restored to unset afterwards, whatever the macro sets below
+  monkeypatch.delenv(vocab.VOCAB_ENV)
+  assert paths.vocabulary_path() == kit_copy
   v = vocab.t5_vocabulary("ram://vocab_test/spiece.model")
   assert v.vocab_size == 32100 and v.encode("The house is wonderful.") == [37, 629, 19, 1627, 5]
-  vocab.vocabulary("ram://vocab_test/spiece.model")  # the VOCABULARY macro
-  assert vocab.vocabulary_path() == "ram://vocab_test/spiece.model"
+  from moe_jax import gin_utils
+  gin_utils.vocabulary("ram://vocab_test/spiece.model")  # the VOCABULARY macro
+  assert paths.vocabulary_path() == "ram://vocab_test/spiece.model"
   assert vocab.t5_vocabulary() is v  # loaded once per process and path
   monkeypatch.delenv(vocab.VOCAB_ENV)
   monkeypatch.setenv("MOE_JAX_DATA_DIR", str(in_empty_cwd / "no_kit"))
-  assert vocab.vocabulary_path() == vocab.PUBLIC_VOCABULARY
-  monkeypatch.setattr(vocab, "PUBLIC_VOCABULARY", "ram://vocab_test/absent.model")  # no network here
+  assert paths.vocabulary_path() == paths.PUBLIC_VOCABULARY
+  monkeypatch.setattr(paths, "PUBLIC_VOCABULARY", "ram://vocab_test/absent.model")  # no network here
   with pytest.raises(FileNotFoundError) as e:
     vocab.t5_vocabulary()
   assert str(in_empty_cwd / "no_kit" / "t5_vocab" / "spiece.model") in str(e.value)

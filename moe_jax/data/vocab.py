@@ -1,51 +1,30 @@
 """The T5 SentencePiece vocabulary with 100 sentinel ids, as t5x uses, read
 from a local path or a URL.
 
-Where it comes from, first that applies: the VOCABULARY gin macro (which sets
-MOE_JAX_VOCABULARY) or that environment variable; the data kit's copy
-(`DATA_DIR/t5_vocab/spiece.model`) when it exists; the released T5 vocabulary
-in Google's public bucket, the default of t5x and seqio (the same
-SentencePiece model as the kit's Hugging Face `t5-small` copy).
+Where it comes from (`paths.vocabulary_path`), first that applies: the
+VOCABULARY gin macro (which sets MOE_JAX_VOCABULARY) or that environment
+variable; the data kit's copy (`DATA_DIR/t5_vocab/spiece.model`) when it
+exists; the released T5 vocabulary in Google's public bucket, the default of
+t5x and seqio (the same SentencePiece model as the kit's Hugging Face
+`t5-small` copy).
 """
 from __future__ import annotations
 
 import functools
 import os
-from typing import Optional
 
-import gin
 import seqio
 
 from moe_jax import fs, paths
 
-VOCAB_ENV = "MOE_JAX_VOCABULARY"
-# t5.data.DEFAULT_SPM_PATH: 32,000 pieces, cc_all.32000.
-PUBLIC_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
+VOCAB_ENV = paths.VOCAB_ENV
 EXTRA_IDS = 100
-
-
-@gin.configurable
-def vocabulary(path: Optional[str] = None) -> None:
-  """VOCABULARY macro -> the environment every reader sees (as DATA_DIR does);
-  nothing is read here (the planner configures runs whose buckets it cannot reach)."""
-  if path:
-    os.environ[VOCAB_ENV] = fs.normalize(path)
-
-
-def vocabulary_path() -> str:
-  """The configured vocabulary, else the kit's copy if present, else the
-  public bucket's (not read here: `t5_vocabulary` reads it)."""
-  explicit = os.environ.get(VOCAB_ENV)
-  if explicit:
-    return explicit
-  kit = paths.t5_vocab_path()
-  return kit if fs.exists(kit) else PUBLIC_VOCABULARY
 
 
 def t5_vocabulary(path: str = None) -> seqio.SentencePieceVocabulary:
   """Resolved when called, so a data dir or VOCABULARY set after import is
   honoured; loaded once per process (one per host on a pod) and path."""
-  return _load(fs.normalize(path or vocabulary_path()), path is None and VOCAB_ENV not in os.environ)
+  return _load(fs.normalize(path or paths.vocabulary_path()), path is None and VOCAB_ENV not in os.environ)
 
 
 @functools.lru_cache(maxsize=None)
