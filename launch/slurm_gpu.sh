@@ -13,9 +13,15 @@
 # vocabulary, the initial checkpoint's metadata, MODEL_DIR writable) and trains
 # only if it passes (--skip-preflight skips it).
 #
+# Time limits and preemption: Slurm sends the training processes SIGTERM
+# --signal-seconds (default 300) before the time limit (and on preemption);
+# the trainer saves at the next step and exits 75, and the job requeues
+# itself (scontrol requeue): the rerun resumes from that checkpoint, with the
+# log appended to the same file. Any other exit code ends the job.
+#
 # --dry-run prints the sbatch script instead of submitting it.
 set -euo pipefail
-NODES=1 GPUS=8 PARTITION="" TIME="72:00:00" DRY=0 PREFLIGHT=1
+NODES=1 GPUS=8 PARTITION="" TIME="72:00:00" DRY=0 PREFLIGHT=1 SIGNAL_SECONDS=300
 INPUTS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -25,6 +31,7 @@ while [[ $# -gt 0 ]]; do
     --time=*) TIME="${1#*=}" ;;
     --dry-run) DRY=1 ;;
     --skip-preflight) PREFLIGHT=0 ;;
+    --signal-seconds=*) SIGNAL_SECONDS="${1#*=}" ;;
     --data-source=*) INPUTS+=("--gin.DATA_SOURCE=${1#*=}") ;;
     --data-dir=*) INPUTS+=("--gin.DATA_DIR=${1#*=}") ;;
     --vocabulary=*) INPUTS+=("--gin.VOCABULARY=${1#*=}") ;;
@@ -46,10 +53,20 @@ SCRIPT=$(cat <<SBATCH
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=$GPUS
 #SBATCH --time=$TIME
+#SBATCH --signal=TERM@$SIGNAL_SECONDS
+#SBATCH --requeue
+#SBATCH --open-mode=append
 ${PARTITION:+#SBATCH --partition=$PARTITION}
 cd $REPO_DIR
 $PREFLIGHT_LINE
 srun env MOE_JAX_DISTRIBUTED=1 .venv/bin/python -m moe_jax.train$TRAIN_ARGS
+code=\$?
+if [[ \$code == 75 ]]; then  # stopped by a signal after saving: run again, resuming
+  echo "preempted (exit 75): requeueing job \$SLURM_JOB_ID"
+  scontrol requeue \$SLURM_JOB_ID
+  exit 0
+fi
+exit \$code
 SBATCH
 )
 if [[ $DRY == 1 ]]; then printf '%s\n' "$SCRIPT"; else printf '%s\n' "$SCRIPT" | sbatch; fi

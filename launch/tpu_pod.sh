@@ -24,9 +24,20 @@
 # the chips' memory stops here, before anything is booked. --skip-plan skips
 # it; --python=PY names the interpreter (default: the repo's .venv, else python3).
 #
+# Preemption: --spot (or --preemptible) books cheaper capacity that Cloud TPU
+# may take back. The trainer then gets SIGTERM, saves at the next step and
+# exits 75. --relaunch keeps the run going: after exit 75 or a lost slice it
+# waits for the slice to be READY (or deletes and recreates a PREEMPTED one,
+# reinstalling), and reruns the same train command, which resumes, printing
+# each resume's step; it stops at exit 0 (TRAIN_STEPS reached), at any other
+# failure, or after --max-relaunches (default 100).
+#
 # --dry-run prints the commands (planner included) instead of running them.
 set -euo pipefail
 NAME="" ZONE="" TYPE="v4-8" VERSION="tpu-ubuntu2204-base" REPO="" DRY=0 PLAN=1 PREFLIGHT=1 PY=""
+CAPACITY="" RELAUNCH=0 MAX_RELAUNCHES=100 POLL_SECONDS=${MOE_JAX_POLL_SECONDS:-30}
+PREEMPTED_CODE=75  # moe_jax.preemption.EXIT_CODE: stopped by a signal after saving
+GCLOUD=${MOE_JAX_GCLOUD:-gcloud}  # the tests put a stand-in here
 INPUTS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -38,6 +49,10 @@ while [[ $# -gt 0 ]]; do
     --dry-run) DRY=1 ;;
     --skip-plan) PLAN=0 ;;
     --skip-preflight) PREFLIGHT=0 ;;
+    --spot) CAPACITY=" --spot" ;;
+    --preemptible) CAPACITY=" --preemptible" ;;
+    --relaunch) RELAUNCH=1 ;;
+    --max-relaunches=*) MAX_RELAUNCHES="${1#*=}" ;;
     --data-source=*) INPUTS+=("--gin.DATA_SOURCE=${1#*=}") ;;
     --data-dir=*) INPUTS+=("--gin.DATA_DIR=${1#*=}") ;;
     --vocabulary=*) INPUTS+=("--gin.VOCABULARY=${1#*=}") ;;
@@ -62,11 +77,14 @@ if [[ $PLAN == 1 ]]; then
     exit 2
   fi
 fi
-SSH="gcloud compute tpus tpu-vm ssh $NAME --zone=$ZONE --worker=all --command"
-run "gcloud compute tpus tpu-vm create $NAME --zone=$ZONE --accelerator-type=$TYPE --version=$VERSION"
-run "$SSH \"git clone $REPO moe-jax && cd moe-jax && python3 -m venv .venv && .venv/bin/pip install -e . 'jax[tpu]==0.10.2' && .venv/bin/pip install --no-deps --ignore-requires-python promptsource==0.2.3\""
+SSH="$GCLOUD compute tpus tpu-vm ssh $NAME --zone=$ZONE --worker=all --command"
+create_slice() {
+  run "$GCLOUD compute tpus tpu-vm create $NAME --zone=$ZONE --accelerator-type=$TYPE --version=$VERSION$CAPACITY"
+  run "$SSH \"git clone $REPO moe-jax && cd moe-jax && python3 -m venv .venv && .venv/bin/pip install -e . 'jax[tpu]==0.10.2' && .venv/bin/pip install --no-deps --ignore-requires-python promptsource==0.2.3\""
+}
+create_slice
 if [[ $PREFLIGHT == 1 ]]; then
-  SSH0="gcloud compute tpus tpu-vm ssh $NAME --zone=$ZONE --worker=0 --command"
+  SSH0="$GCLOUD compute tpus tpu-vm ssh $NAME --zone=$ZONE --worker=0 --command"
   WORKER_PLAN=""
   [[ $PLAN == 1 ]] && WORKER_PLAN=".venv/bin/python -m moe_jax.plan --topology=$TYPE$TRAIN_ARGS && "
   if ! run "$SSH0 \"cd moe-jax && $WORKER_PLAN.venv/bin/python -m moe_jax.preflight$TRAIN_ARGS\""; then
@@ -74,4 +92,52 @@ if [[ $PREFLIGHT == 1 ]]; then
     exit 2
   fi
 fi
-run "$SSH \"cd moe-jax && MOE_JAX_DISTRIBUTED=1 .venv/bin/python -m moe_jax.train$TRAIN_ARGS\""
+TRAIN="$SSH \"cd moe-jax && MOE_JAX_DISTRIBUTED=1 .venv/bin/python -m moe_jax.train$TRAIN_ARGS\""
+if [[ $RELAUNCH == 0 ]]; then
+  run "$TRAIN"
+  exit
+fi
+
+# --relaunch: the trainer exits 75 after saving when a worker gets SIGTERM
+# (preemption, maintenance); a preempted slice can also vanish under it (ssh
+# fails). Either way: wait for the slice to be READY again, or delete and
+# recreate a PREEMPTED/TERMINATED/missing one, then run the same command,
+# which resumes from the newest checkpoint, until it exits 0 (TRAIN_STEPS
+# reached). Any other failure on a READY slice stops here.
+STATE="$GCLOUD compute tpus tpu-vm describe $NAME --zone=$ZONE --format='value(state)'"
+if [[ $DRY == 1 ]]; then
+  printf '%s\n' "$TRAIN" "# --relaunch (up to $MAX_RELAUNCHES times): on exit $PREEMPTED_CODE or a lost slice, check it:" \
+    "$STATE" "# READY: run the train command again (it resumes); PREEMPTED/TERMINATED/missing: recreate it:" \
+    "$GCLOUD compute tpus tpu-vm delete $NAME --zone=$ZONE --quiet" "# then create and install as above, and train again"
+  exit 0
+fi
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+for ((attempt = 0; ; attempt++)); do
+  set +e
+  eval "$TRAIN" 2>&1 | tee "$LOG"
+  code=${PIPESTATUS[0]}
+  set -e
+  [[ $code == 0 ]] && { echo "training finished (relaunches: $attempt)"; exit 0; }
+  state=$(eval "$STATE" 2>/dev/null || true)
+  stopped=$(grep -o "stopped by SIG[A-Z]* at step [0-9]*" "$LOG" | tail -1 || true)
+  if [[ $code != "$PREEMPTED_CODE" && -z "$stopped" && $state == READY && $code != 255 ]]; then
+    echo "error: training failed with exit code $code on a READY slice (not a preemption); not relaunching" >&2
+    exit "$code"
+  fi
+  if ((attempt + 1 > MAX_RELAUNCHES)); then
+    echo "error: preempted $((attempt + 1)) times; giving up after --max-relaunches=$MAX_RELAUNCHES" >&2
+    exit "$PREEMPTED_CODE"
+  fi
+  case "$state" in
+    READY) ;;
+    PREEMPTED|TERMINATED|"")
+      echo "slice $NAME is ${state:-gone}: recreating it"
+      [[ -n "$state" ]] && eval "$GCLOUD compute tpus tpu-vm delete $NAME --zone=$ZONE --quiet"
+      create_slice ;;
+    *)
+      echo "slice $NAME is $state: waiting for READY"
+      until [[ $(eval "$STATE" 2>/dev/null || true) == READY ]]; do sleep "$POLL_SECONDS"; done ;;
+  esac
+  echo "relaunch $((attempt + 1)): ${stopped:+the run was $stopped; }resuming from the newest checkpoint${stopped:+ (step ${stopped##* })}"
+done

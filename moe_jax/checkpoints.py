@@ -218,12 +218,28 @@ def load_state_at(path: str, abstract_state: Optional[dict] = None) -> tuple[str
   step_dir = step_dir_of(path)
   try:
     with _quiet_orbax():
-      state = ocp.StandardCheckpointer().restore(_item_dir(step_dir), abstract_state)
+      try:
+        state = ocp.StandardCheckpointer().restore(_item_dir(step_dir), abstract_state)
+      except ValueError as e:
+        if abstract_state is not None or "topology" not in str(e).lower():
+          raise
+        # Written by several hosts (a pod): loaded onto this process's first device.
+        state = ocp.StandardCheckpointer().restore(_item_dir(step_dir), _on_one_device(step_dir))
   except Exception as e:  # orbax raises many types; the path is what the user needs
     raise CheckpointError(f"{step_dir}: unreadable checkpoint ({type(e).__name__}: {e})") from e
   if not isinstance(state, dict) or "trainable" not in state:
     raise CheckpointError(f"{step_dir}: not a moe-jax training checkpoint")
   return step_dir, state
+
+
+def _on_one_device(step_dir: str) -> dict:
+  """The saved tree as abstract arrays on this process's first device: a
+  checkpoint written by several hosts (a pod) loads on one machine."""
+  meta = ocp.StandardCheckpointer().metadata(_item_dir(step_dir))
+  tree = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), tree,
+                                is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
 
 
 def restore_params_like(path: str, like: dict) -> Optional[tuple[str, dict]]:

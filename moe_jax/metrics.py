@@ -50,6 +50,18 @@ def write_log(path: str, lines: list[str]) -> None:
   fs.write_text(path, "".join(lines))
 
 
+def host_rows(x) -> np.ndarray:
+  """The rows of a batch-sharded array that this process holds, in order: on
+  several hosts a global array cannot be fetched whole, and each host's task
+  ids describe its own rows only."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  parts = {}
+  for shard in x.addressable_shards:  # model-axis replicas repeat a row range
+    parts.setdefault(shard.index[0].start or 0, np.asarray(shard.data))
+  return np.concatenate([parts[k] for k in sorted(parts)])
+
+
 class Logger:
   def __init__(self, model_dir: str, total_steps: int, batch_size: int, start_step: int,
                kept_lines: tuple = (), write: bool = True):
@@ -68,7 +80,7 @@ class Logger:
   def log(self, step, m, learning_rate, tokens, task_ids, force=False) -> dict:
     self._tokens += tokens
     if task_ids is not None:
-      per_example = np.asarray(m["per_example_cross_entropy"])
+      per_example = host_rows(m["per_example_cross_entropy"])
       for t, l in zip(np.asarray(task_ids), per_example):
         self._task_loss.setdefault(int(t), []).append(float(l))
     if not force:

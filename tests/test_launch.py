@@ -68,3 +68,79 @@ def test_slurm_dry_run_prints_the_batch_script():
   assert with_inputs[pre + 1].endswith("moe_jax.train --gin_file=gin_configs/mov_t5_3b.gin --gin.DATA_DIR=/shared/kit "
                                        "--gin.VOCABULARY=gs://b/spiece.model")
   assert _run("slurm_gpu.sh", "--bogus").returncode == 2
+
+
+FAKE_GCLOUD = r"""#!/usr/bin/env bash
+# A stand-in for gcloud: logs each call; the train command is stopped by a
+# preemption twice (exit 75, the trainer's line), then finishes; the slice is
+# READY after the first stop and PREEMPTED after the second.
+echo "$*" >> "$FAKE_DIR/calls"
+case "$*" in
+  *"moe_jax.train"*)
+    n=$(( $(cat "$FAKE_DIR/trains" 2>/dev/null || echo 0) + 1 )); echo $n > "$FAKE_DIR/trains"
+    if (( n < 3 )); then
+      echo "stopped by SIGTERM at step $((n * 7)): saved checkpoint step $((n * 7)); rerun the same command to resume (exit code 75)"
+      exit 75
+    fi
+    echo "step 30/30"; exit 0 ;;
+  *describe*)
+    n=$(cat "$FAKE_DIR/trains"); if (( n == 1 )); then echo READY; else echo PREEMPTED; fi ;;
+esac
+exit 0
+"""
+
+
+def _fake_gcloud(tmp_path):
+  fake = tmp_path / "gcloud"
+  fake.write_text(FAKE_GCLOUD)
+  fake.chmod(0o755)
+  return dict(os.environ, MOE_JAX_GCLOUD=str(fake), FAKE_DIR=str(tmp_path), MOE_JAX_POLL_SECONDS="0")
+
+
+def test_tpu_pod_relaunch_resumes_after_each_preemption_until_the_run_finishes(tmp_path):
+  env = _fake_gcloud(tmp_path)
+  args = ["--name=p", "--zone=z", "--repo=r", "--skip-plan", "--skip-preflight", "--spot", "--relaunch", "--",
+          "--gin_file=gin_configs/demo.gin"]
+  out = subprocess.run(["bash", os.path.join(REPO, "launch", "tpu_pod.sh"), *args], capture_output=True, text=True,
+                       env=env, timeout=60)
+  assert out.returncode == 0, out.stdout + out.stderr
+  assert "relaunch 1: the run was stopped by SIGTERM at step 7; resuming from the newest checkpoint (step 7)" in out.stdout
+  assert "slice p is PREEMPTED: recreating it" in out.stdout
+  assert "relaunch 2: the run was stopped by SIGTERM at step 14; resuming" in out.stdout
+  assert "training finished (relaunches: 2)" in out.stdout
+  calls = (tmp_path / "calls").read_text().splitlines()
+  creates = [c for c in calls if c.startswith("compute tpus tpu-vm create p")]
+  assert len(creates) == 2 and all(c.endswith("--spot") for c in creates)  # the first, and after PREEMPTED
+  assert sum("tpu-vm delete p" in c for c in calls) == 1
+  assert sum("moe_jax.train --gin_file=gin_configs/demo.gin" in c for c in calls) == 3
+  # Another failure is not a preemption: no relaunch.
+  (tmp_path / "calls").unlink()
+  (tmp_path / "trains").write_text("2")  # the next train "finishes"... as a crash:
+  crash = env | {"MOE_JAX_GCLOUD": str(tmp_path / "crash")}
+  (tmp_path / "crash").write_text("#!/usr/bin/env bash\ncase \"$*\" in *moe_jax.train*) exit 1;; "
+                                  "*describe*) echo READY;; esac\nexit 0\n")
+  (tmp_path / "crash").chmod(0o755)
+  out = subprocess.run(["bash", os.path.join(REPO, "launch", "tpu_pod.sh"), *args], capture_output=True, text=True,
+                       env=crash, timeout=60)
+  assert out.returncode == 1 and "exit code 1 on a READY slice (not a preemption); not relaunching" in out.stderr
+
+
+def test_slurm_asks_for_a_signal_before_the_time_limit_and_requeues_on_a_preemption(tmp_path):
+  out = _run("slurm_gpu.sh", "--nodes=2", "--signal-seconds=300", "--dry-run", "--", "--gin_file=gin_configs/demo.gin")
+  assert out.returncode == 0, out.stderr
+  assert "#SBATCH --signal=TERM@300" in out.stdout and "#SBATCH --requeue" in out.stdout
+  script = tmp_path / "job.sh"
+  script.write_text(out.stdout)
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  # srun: the preflight passes; training is stopped twice (exit 75), then finishes.
+  (bin_dir / "srun").write_text(
+      "#!/usr/bin/env bash\ncase \"$*\" in *moe_jax.train*) n=$(( $(cat $FAKE_DIR/n 2>/dev/null || echo 0) + 1 )); "
+      "echo $n > $FAKE_DIR/n; (( n < 3 )) && exit 75; exit 0;; esac\nexit 0\n")
+  (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\necho \"$*\" >> $FAKE_DIR/scontrol\n")
+  for f in ("srun", "scontrol"):
+    (bin_dir / f).chmod(0o755)
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_DIR=str(tmp_path), SLURM_JOB_ID="42")
+  codes = [subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True).returncode for _ in range(3)]
+  assert codes == [0, 0, 0]  # requeued twice (Slurm runs the script again), then done
+  assert (tmp_path / "scontrol").read_text().splitlines() == ["requeue 42", "requeue 42"]

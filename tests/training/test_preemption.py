@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -27,18 +28,18 @@ def reference(tmp_path_factory):
   """The uninterrupted run: its final state and logged losses."""
   run = tmp_path_factory.mktemp("reference") / "run"
   assert train_in_process(run, *FLAGS) == 0
-  return final_state(run), _losses(run)
+  return types.SimpleNamespace(state=final_state(run), losses=_losses(run), run=run)
 
 
 def _losses(run):
   return [(r["step"], r["loss"]) for r in map(json.loads, open(run / "train_metrics.jsonl"))]
 
 
-def _interrupt(run, signals, *, extra=(), when):
+def _interrupt(run, signals, *, extra=(), when, program=("-m", "moe_jax.train")):
   """Starts the trainer; at the first stderr line for which `when(line)` is
   true, sends the next of `signals` (then looks for the next trigger);
   returns (exit code, stderr)."""
-  cmd = [sys.executable, "-m", "moe_jax.train", *SMALL_TRAIN, *FLAGS, f"--gin.MODEL_DIR={run}", *extra]
+  cmd = [sys.executable, *program, *SMALL_TRAIN, *FLAGS, f"--gin.MODEL_DIR={run}", *extra]
   proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
   lines, pending = [], list(signals)
@@ -63,8 +64,17 @@ def _same(a, b):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_saves_at_the_next_step_and_the_rerun_ends_identical(reference, tmp_path, sig):
-  k = random.Random(sig).randint(3, STEPS - 8)
-  run = tmp_path / "run"
+  _stop_and_resume(reference, tmp_path / "run", sig, random.Random(sig).randint(3, STEPS - 8))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(6))
+def test_repeated_stops_at_random_steps(reference, tmp_path, trial):
+  rng = random.Random(1000 + trial)
+  _stop_and_resume(reference, tmp_path / "run", rng.choice([signal.SIGTERM, signal.SIGINT]), rng.randint(1, STEPS - 5))
+
+
+def _stop_and_resume(reference, run, sig, k):
   code, err = _interrupt(run, [sig], when=lambda line, _: line.startswith(f"step {k}/{STEPS} "))
   assert code == preemption.EXIT_CODE, err[-3000:]
   steps = sorted(int(s) for s in os.listdir(run / "checkpoints") if s.isdigit())
@@ -74,25 +84,72 @@ def test_a_stop_signal_saves_at_the_next_step_and_the_rerun_ends_identical(refer
           f"to resume (exit code {preemption.EXIT_CODE})") in err
   assert _losses(run)[-1][0] == saved  # the log is flushed up to the saved step
   assert train_in_process(run, *FLAGS) == 0  # the same command resumes
-  state, losses = reference
-  _same(final_state(run), state)
-  assert _losses(run) == losses
+  _same(final_state(run), reference.state)
+  assert _losses(run) == reference.losses
 
 
 def test_a_second_signal_during_the_stop_save_exits_at_once_and_the_rerun_ends_identical(reference, tmp_path):
-  """Periodic saves at 7, 14, ...; the first SIGTERM at step 8, the second as
-  the stop save starts: that step is not left half-written, the rerun
-  resumes from step 7."""
+  """Periodic saves at 7, 14, ...; the first SIGTERM at step 8, the second
+  as soon as the stop save has been handed to orbax (the process sends it to
+  itself: tests/training/stop_during_save.py). The process leaves at once;
+  whatever orbax had finished is complete (its atomic rename), and the rerun
+  resumes from the newest complete step and ends identical."""
   run = tmp_path / "run"
-
-  def trigger(line, left):
-    return line.startswith(f"step 8/{STEPS} ") if left == 2 else line.startswith("saving checkpoint step")
-  code, err = _interrupt(run, [signal.SIGTERM, signal.SIGTERM], extra=["--gin.CHECKPOINT_PERIOD=7"], when=trigger)
+  code, err = _interrupt(run, [signal.SIGTERM], extra=["--gin.CHECKPOINT_PERIOD=7"],
+                         when=lambda line, _: line.startswith(f"step 8/{STEPS} "),
+                         program=[os.path.join(REPO, "tests", "training", "stop_during_save.py")])
   assert code == preemption.EXIT_CODE, err[-3000:]
+  assert "sending the second SIGTERM during the save of step" in err
   assert "SIGTERM again during the save: exiting without it" in err, err[-3000:]
-  steps = sorted(int(s) for s in os.listdir(run / "checkpoints") if s.isdigit())
-  assert steps == [7], steps  # the interrupted stop save left no step
+  assert "stopped by SIGTERM at step 8" not in err  # it did not wait for the save to finish
   assert train_in_process(run, *FLAGS, "--gin.CHECKPOINT_PERIOD=7") == 0
-  state, losses = reference
-  _same(final_state(run), state)
-  assert [l for _, l in _losses(run)] == [l for _, l in losses]
+  _same(final_state(run), reference.state)
+  assert [l for _, l in _losses(run)] == [l for _, l in reference.losses]
+
+
+EVAL = ["--gin.EVALUATOR=@ZeroShotEvaluator()", "--gin.EVAL_DATASETS=['super_glue_cb']",
+        "--gin.EVAL_MAX_EXAMPLES_PER_TEMPLATE=1", "--gin.EVAL_BATCH_SIZE=4",
+        "--gin.EVAL_FEATURE_LENGTHS={'inputs': 128, 'targets': 8}"]
+
+
+def _signal_at_template(monkeypatch, n, sig=signal.SIGTERM):
+  """A real signal to this process just before the n-th template is scored."""
+  from moe_jax import evaluation
+  seen, call = [], evaluation.EvalProgress.__call__
+
+  def progress(self, template):
+    seen.append(template)
+    if len(seen) == n:
+      os.kill(os.getpid(), sig)
+    return call(self, template)
+  monkeypatch.setattr(evaluation.EvalProgress, "__call__", progress)
+  return seen
+
+
+def test_a_signal_during_the_evaluation_stops_it_saves_and_the_rerun_ends_identical(reference, tmp_path,
+                                                                                      monkeypatch, capsys):
+  run = tmp_path / "run"
+  seen = _signal_at_template(monkeypatch, 2)
+  assert train_in_process(run, *FLAGS, *EVAL, "--gin.EVAL_PERIOD=3") == preemption.EXIT_CODE
+  assert len(seen) == 2  # the signal came as template 2 was about to be scored: stopped there
+  assert "stopped by SIGTERM at step 3: saved checkpoint step 3" in capsys.readouterr().err
+  assert sorted(os.listdir(run / "checkpoints")) == ["3"] and not (run / "eval").exists()
+  monkeypatch.undo()
+  assert train_in_process(run, *FLAGS) == 0
+  _same(final_state(run), reference.state)
+
+
+def test_a_signal_outside_training_stops_with_nothing_half_written(reference, tmp_path, monkeypatch, capsys):
+  """`python -m moe_jax.eval` (in process): SIGTERM mid-evaluation ends it with
+  exit 75 and one line; no report or temporary file is left."""
+  from tests.inprocess import MODEL_FILES, run_entry
+  run = reference.run
+  _signal_at_template(monkeypatch, 2)
+  out = tmp_path / "eval_out"
+  rc = run_entry("eval", ["--gin_file=gin_configs/runs/eval.gin", *MODEL_FILES, f"--gin.CHECKPOINT_PATH={run}/checkpoints",
+                          f"--gin.MODEL_DIR={out}", *[f for f in EVAL if "EVALUATOR" not in f]])
+  err = capsys.readouterr().err
+  assert rc == preemption.EXIT_CODE, err[-2000:]
+  assert f"stopped by SIGTERM; nothing half-written (exit code {preemption.EXIT_CODE})" in err
+  written = [os.path.join(r, f) for r, _, fs_ in os.walk(out) for f in fs_] if out.exists() else []
+  assert not any(f.endswith(".tmp") or "zero_shot" in f for f in written), written
