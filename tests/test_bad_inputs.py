@@ -170,6 +170,8 @@ CASES = {
     "field of the wrong type": (train_data(jsonl_rows(b'{"text": 5, "label": 1}\n')),
                                 "train.jsonl:3: field 'text' is a number (5), but a string on line 1"),
     "missing field": (train_data(jsonl_rows(b'{"label": 1}\n')), "train.jsonl:3: missing field 'text' (line 1 has ['label', 'text'])"),
+    "extra field": (train_data(jsonl_rows(b'{"text": "fine", "label": 1, "note": "x"}\n')),
+                    "train.jsonl:3: unexpected field 'note' (line 1 has ['label', 'text'])"),
     "dataset absent from the data dir": (train_data(None), "rotten_tomatoes: the jsonl source has no"),
     # eval
     "eval: missing checkpoint": (evaluate(lambda c: [f"--gin.CHECKPOINT_PATH={c.tmp / 'nope'}"]),

@@ -72,3 +72,33 @@ def test_paired_ratios_pair_rounds_within_one_package():
   assert set(r) == {"mov_10 / ia3", "before:mov_10 / ia3"}
   assert r["mov_10 / ia3"] == {"median": 1.1, "min": 1.0, "max": 1.2}
   assert r["before:mov_10 / ia3"] == {"median": 1.3, "min": 1.2, "max": 1.5}
+
+
+def test_round_robin_reports_seconds_per_call_not_per_round():
+  """repeat=4 calls of a 20 ms function: the median is one call's time."""
+  import time
+  from bench import timing
+  r = timing.round_robin({"sleep": lambda: time.sleep(0.02)}, rounds=3, repeat=4)
+  assert 0.019 <= r["sleep"]["median_s"] <= 0.03, r["sleep"]
+
+
+def test_matmul_peak_agrees_with_a_separately_timed_matmul():
+  """The benchmark's peak (FLOP/s) against the same matmul timed call by call
+  here: within a factor of two (both on this host, moments apart)."""
+  import statistics
+  import time
+  import jax
+  import jax.numpy as jnp
+  from bench import timing
+  n = 512
+  a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(15):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  separate = 2.0 * n ** 3 / statistics.median(times)
+  peak = timing.matmul_peak_flops(n=n, rounds=5)
+  assert 0.5 <= peak / separate <= 2.0, (peak, separate)

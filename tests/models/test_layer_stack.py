@@ -104,3 +104,20 @@ def test_rematerialisation_keeps_loss_and_gradients(policy):
   with pytest.raises(ValueError, match="remat_policy"):
     build_model(dataclasses.replace(common.CONFIGS["t5"], remat_policy="some")).init(
         jax.random.key(0), common.batch("t5"))
+
+
+def test_a_scanned_init_gives_every_layer_its_own_parameters():
+  """nn.scan splits the params rng per layer: every randomly initialised
+  tensor (backbone and adapters) differs between layers, as the unrolled
+  stack's do; constant inits (norm scales, (IA)3 ones) are equal by design."""
+  cfg = dataclasses.replace(common.CONFIGS["t5"], scan_layers=True)
+  model = build_model(cfg, MoLoRA(num_experts=2, rank=2))
+  params = jax.jit(model.init)(jax.random.key(0), common.batch("t5"))
+  random_leaves = 0
+  for k, v in traverse_util.flatten_dict(params).items():
+    v = np.asarray(v)
+    if "layers" not in k or np.all(v == v.reshape(-1)[0]):
+      continue  # not stacked, or a constant init
+    random_leaves += 1
+    assert v.shape[0] >= 2 and not np.array_equal(v[0], v[1]), "/".join(k)
+  assert random_leaves >= 10, random_leaves

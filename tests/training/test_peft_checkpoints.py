@@ -136,3 +136,30 @@ def test_resume_of_a_run_with_the_old_fingerprint_warns_and_records_the_new_one(
   err = capsys.readouterr().err
   assert err.count(f"{frozen_source.FILE} holds the old sum-|x| fingerprint") == 1, err[-2000:]
   assert json.loads((run / frozen_source.FILE).read_text()) == new  # rewritten: the probe, as a new run's
+
+
+def test_a_scanned_rematerialised_run_rebuilds_its_backbone_for_evaluation(tmp_path):
+  """The XL presets' layout at tiny size: scanned layers, remat, PEFT-only
+  checkpoints, a T5X initial checkpoint. Loading the checkpoint as eval and
+  infer do rebuilds the backbone (seeded init, then the T5X weights, stacked
+  per layer and checked against the fingerprint recorded per unrolled layer
+  name) and gives back every parameter the run ended with."""
+  from moe_jax import gin_utils
+  from tests.inprocess import FINAL_PARAMS, restored_state
+  run = tmp_path / "scanned"
+  layout = ["--gin.SCAN_LAYERS=True", "--gin.REMAT_POLICY='minimal'", T5X_DIMS]
+  assert train_in_process(run, *layout, f"--gin.INITIAL_CHECKPOINT_PATH={common.TINY_T5}", "--gin.TRAIN_STEPS=2",
+                          "--gin.CHECKPOINT_PERIOD=2", capture=True) == 0
+  step, final = FINAL_PARAMS.pop(str(run))
+  assert "frozen" not in final_state(run) and step == 2
+  with restored_state():
+    gin_utils.configure(["--gin_file=gin_configs/demo.gin", *layout])
+    model = gin_utils.model()
+  assert model.config.scan_layers
+  params, fresh, loaded_step = weights.load_initial(model, frozen_source.init_params(model, 5),
+                                                    str(run / "checkpoints"))
+  assert loaded_step == 2 and fresh == []
+  got, want = traverse_util.flatten_dict(params), traverse_util.flatten_dict(final)
+  assert set(got) == set(want) and any("layers" in k for k in got)
+  for k in want:
+    np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg="/".join(k))
