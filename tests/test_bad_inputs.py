@@ -108,7 +108,8 @@ CASES = {
                       "no configuration uses the macro LEARNING_RAT; did you mean LEARNING_RATE"),
     "unknown macro, close to a list macro": (train(fixed("--gin.EVAL_DATASET=['super_glue_cb']")),
                                              "macro EVAL_DATASET; did you mean EVAL_DATASETS"),
-    "unknown configurable parameter": (train(fixed("--gin.train.frobnicate=1")), "frobnicate"),
+    "unknown configurable parameter": (train(fixed("--gin.train.frobnicate=1")),
+                                       "Configurable 'train' doesn't have a parameter named 'frobnicate'"),
     "unknown flag": (train(fixed("--model_dir=/tmp/x")), "unknown flag(s) ['--model_dir=/tmp/x']"),
     "missing gin file": (train(fixed("--gin_file=gin_configs/nope.gin")),
                          "--gin_file=gin_configs/nope.gin: not found (searched"),
@@ -123,6 +124,12 @@ CASES = {
     "non-numeric learning rate": (train(fixed("--gin.LEARNING_RATE=fast")),
                                   "LEARNING_RATE must be a number, got 'fast'"),
     "negative learning rate": (train(fixed("--gin.LEARNING_RATE=-0.1")), "LEARNING_RATE must be > 0, got -0.1"),
+    "zero decay rate": (train(fixed("--gin.DECAY_RATE=0")), "DECAY_RATE must be > 0, got 0"),
+    "negative seed": (train(fixed("--gin.train.seed=-1")), "train.seed must be an integer >= 0, got -1"),
+    "negative shuffle seed": (train(fixed("--gin.train.shuffle_seed=-2")),
+                              "train.shuffle_seed must be an integer >= 0, got -2"),
+    "negative Adafactor step offset": (train(fixed("--gin.ADAFACTOR_STEP_OFFSET=-5")),
+                                       "ADAFACTOR_STEP_OFFSET must be an integer >= 0, got -5"),
     "zero checkpoint period": (train(fixed("--gin.CHECKPOINT_PERIOD=0")),
                                "CHECKPOINT_PERIOD must be a positive integer, got 0"),
     "zero checkpoints kept": (train(fixed("--gin.KEEP_CHECKPOINTS=0")), "KEEP_CHECKPOINTS must be a positive integer"),
@@ -145,7 +152,7 @@ CASES = {
     "unknown mixture (close matches)": (train(fixed("--gin.MIXTURE_OR_TASK_NAME=t0_trian")),
                                         "unknown task or mixture 't0_trian'; close matches: ['t0_train'"),
     "missing initial checkpoint": (train(lambda c: [f"--gin.INITIAL_CHECKPOINT_PATH={c.tmp / 'nope'}"]),
-                                   "INITIAL_CHECKPOINT_PATH="),
+                                   "INITIAL_CHECKPOINT_PATH={tmp}/nope: does not exist"),
     "eval datasets naming no known dataset": (
         train(fixed("--gin.EVALUATOR=@ZeroShotEvaluator()", "--gin.EVAL_DATASETS=['anli_r4']")),
         "EVAL_DATASETS: unknown t0_eval dataset 'anli_r4'; did you mean anli_r3, anli_r2, anli_r1?"),
@@ -188,7 +195,7 @@ CASES = {
     "eval: checkpoint of another method": (evaluate(fixed("--gin_file=gin_configs/methods/lora.gin")),
                                            "parameters not in the model"),
     # infer
-    "infer: missing inputs file": (infer(lambda c: c.tmp / "in.jsonl"), "INFER_INPUTS=") ,
+    "infer: missing inputs file": (infer(lambda c: c.tmp / "in.jsonl"), "INFER_INPUTS={tmp}/in.jsonl: no such file"),
     "infer: non-integer task_id": (infer(lambda c: c.file("in.jsonl", b'{"inputs": "a", "task_id": "x"}\n')),
                                    "in.jsonl:1: field 'task_id' must be an integer >= 0, got 'x'"),
     "infer: fractional task_id": (infer(lambda c: c.file("in.jsonl", b'{"inputs": "a", "task_id": 1.5}\n')),
@@ -246,7 +253,7 @@ def test_bad_input(name, small_run, tmp_path, capsys):
   errors = [l for l in err.splitlines() if l.startswith("error:")]
   assert rc == 2, err[-3000:]
   assert "Traceback" not in err and len(errors) == 1, err[-3000:]
-  assert expected in errors[0], errors[0]
+  assert expected.replace("{tmp}", str(tmp_path)) in errors[0], errors[0]
   assert snapshot(c.out) == before  # MODEL_DIR / EXPORT_DIR / output_dir as found
   assert snapshot(small_run) == run_before
 
