@@ -18,6 +18,10 @@ import posixpath
 from typing import Iterator
 
 
+def _scheme(path: str) -> str:
+  return path.split("://", 1)[0] if is_uri(path) else ""
+
+
 def is_uri(path) -> bool:
   return "://" in os.fspath(path)
 
@@ -124,7 +128,11 @@ def move(src: str, dst: str) -> None:
     return
   g = gfile()
   if not g.isdir(src):
-    g.rename(src, dst)
+    if _scheme(src) == _scheme(dst):
+      g.rename(src, dst)
+    else:  # TensorFlow renames only within one filesystem
+      g.copy(src, dst)
+      g.remove(src)
     return
   for root, _, files in g.walk(src):
     rel = posixpath.relpath(root, src) if root != src else ""

@@ -172,3 +172,32 @@ def test_a_t5x_checkpoint_on_a_url_other_than_gcs(in_empty_cwd):
   with pytest.raises(CheckpointError, match="ram://t5x_test/ckpt: T5X arrays are read with TensorStore"):
     reader._kvstore("ram://t5x_test/ckpt")
   fs.rmtree("ram://t5x_test")
+
+
+def test_single_file_moves_over_a_url(in_empty_cwd):
+  """fs.move of one file: URL to URL, local to URL and URL to local."""
+  fs.makedirs("ram://move_test/a")
+  fs.write_text("ram://move_test/a/x.txt", "one")
+  fs.move("ram://move_test/a/x.txt", "ram://move_test/a/y.txt")
+  assert not fs.exists("ram://move_test/a/x.txt") and fs.read_text("ram://move_test/a/y.txt") == "one"
+  (in_empty_cwd / "local.txt").write_text("two")
+  fs.move(str(in_empty_cwd / "local.txt"), "ram://move_test/a/z.txt")
+  assert not (in_empty_cwd / "local.txt").exists() and fs.read_text("ram://move_test/a/z.txt") == "two"
+  fs.move("ram://move_test/a/z.txt", str(in_empty_cwd / "back.txt"))
+  assert (in_empty_cwd / "back.txt").read_text() == "two" and not fs.exists("ram://move_test/a/z.txt")
+  fs.rmtree("ram://move_test")
+
+
+def test_move_aside_keeps_an_earlier_damaged_copy_of_the_same_step(in_empty_cwd):
+  """A step damaged twice (moved aside, rewritten, damaged again) keeps both
+  copies: <step>, then <step>.1."""
+  from moe_jax import checkpoints
+  run = in_empty_cwd / "run"
+  for n in range(2):
+    (run / "checkpoints" / "4").mkdir(parents=True)
+    (run / "checkpoints" / "4" / "marker").write_text(str(n))
+    moved = checkpoints.move_aside(str(run / "checkpoints"), 4, str(run / "damaged_checkpoints"))
+    assert moved == str(run / "damaged_checkpoints" / ("4" if n == 0 else "4.1"))
+  assert (run / "damaged_checkpoints" / "4" / "marker").read_text() == "0"
+  assert (run / "damaged_checkpoints" / "4.1" / "marker").read_text() == "1"
+  assert not (run / "checkpoints" / "4").exists()
