@@ -108,3 +108,44 @@ def test_chunked_inline_arrays_are_reassembled(tmp_path, monkeypatch):
   assert b"__msgpack_chunked_array__" in (tmp_path / "ckpt" / "checkpoint").read_bytes()
   leaf = T5XCheckpoint(path).target["token_embedder/embedding"]
   np.testing.assert_array_equal(leaf.read(), target["token_embedder/embedding"])
+
+
+def test_a_version_0_checkpoint_without_the_optimizer_level(tmp_path):
+  """Early T5X (version 0 or no version) kept `target` and `state` at the top
+  level: the same parameters and step as the tiny fixture's."""
+  from flax import serialization, traverse_util
+  target = common.raw_target()
+  tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in target.items()})
+  for name, contents in (("v0", {"version": 0, "target": tree, "state": {"step": np.int32(7)}}),
+                         ("unversioned", {"target": tree, "state": {"step": np.int32(7)}})):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "checkpoint").write_bytes(serialization.msgpack_serialize(contents))
+    ckpt = T5XCheckpoint(str(tmp_path / name))
+    assert ckpt.version == 0 and ckpt.step == 7 and set(ckpt.target) == set(target)
+    for k, v in target.items():
+      np.testing.assert_array_equal(ckpt.target[k].read(), v)
+
+
+def test_the_checkpoint_file_under_state(tmp_path):
+  """Some T5X exports keep the msgpack file in `<dir>/state/checkpoint`."""
+  (tmp_path / "state").mkdir()
+  shutil.copy(common.TINY_T5, tmp_path / "state" / "checkpoint")
+  assert is_t5x_checkpoint(str(tmp_path))
+  ckpt = T5XCheckpoint(str(tmp_path))
+  assert ckpt.file == str(tmp_path / "state" / "checkpoint") and set(ckpt.target) == set(common.raw_target())
+
+
+def test_an_array_whose_shape_differs_from_its_spec_is_named(tmp_path):
+  arr = np.arange(6, dtype=np.float32).reshape(2, 3)
+  rel = "target.w"
+  store = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(tmp_path / rel)},
+                   "dtype": "float32", "metadata": {"chunks": [2, 3], "shape": [2, 3]}}, create=True).result()
+  store.write(arr).result()
+  spec = {"driver": "zarr", "dtype": "float32", "kvstore": {"driver": "gfile", "path": rel},
+          "metadata": {"chunks": [2, 3], "shape": [3, 2]}}  # the spec says another shape
+  ckpt = T5XCheckpoint(common.write_checkpoint(tmp_path, {}, arrays={"w": spec}))
+  assert ckpt.target["w"].shape == (3, 2)
+  # TensorStore compares the spec with the array's .zarray first; the error
+  # names the leaf, its directory and both shapes.
+  with pytest.raises(CheckpointError, match=r'target/w: cannot read .*target.w.*"shape" of \[3,2\] but received: \[2,3\]'):
+    ckpt.target["w"].read()
