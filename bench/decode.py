@@ -45,7 +45,9 @@ def prepare(pkg, config, variant: str, batch_size: int, input_len: int, new_toke
   out = model.predict_batch(params, batch, max_decode_length=new_tokens)
   jax.block_until_ready(out)
   facts = {"compile_and_first_decode_s": time.perf_counter() - t0, "batch_size": batch_size,
-           "input_len": input_len, "new_tokens": new_tokens}
+           "input_len": input_len, "new_tokens": new_tokens,
+           # what decodes: the merged MOELoRA variant has exactly the backbone's parameters
+           "parameters": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))}
 
   def run():
     jax.block_until_ready(model.predict_batch(params, batch, max_decode_length=new_tokens))

@@ -30,6 +30,7 @@ def test_make_bench_writes_json_and_markdown_with_decoding_and_the_torch_step(tm
   assert train["lora_r4"]["step_vs_ia3"] > 0 and train["lora_r4"]["step_vs_lora_r4"] == 1.0
   assert 0 < train["ia3"]["percent_of_matmul_peak"] and report["matmul_peak_gflops"] > 0
   assert dec["base"]["speed_vs_base"] == 1.0 and dec["moelora_merged"]["tokens_per_sec"] > 0
+  assert dec["moelora_merged"]["parameters"] == dec["base"]["parameters"]  # merged: no adapter left
   has_torch = all(importlib.util.find_spec(m) for m in ("torch", "transformers", "peft"))
   assert (run.TORCH in train) == bool(has_torch)
   for name in list(train) + list(dec):
