@@ -133,3 +133,24 @@ def test_the_mov_presets_fit_the_slices_in_the_readme(tmp_path):
   assert xxl["flops_per_step"] > 3 * xl["flops_per_step"]  # 11B vs 3B parameters
   assert "| mov_t5_11b | v5litepod-64 (32, 2) |" in pod_sizing.markdown(rows, {"libtpu": "x", "host": "h",
                                                                                "date": "d"})
+
+
+@pytest.mark.parametrize("family, pack", [("t5", False), ("t5", True), ("decoder", False)])
+def test_the_planned_batch_is_the_batch_the_trainer_feeds(family, pack):
+  """The planner compiles the train step for `abstract_batch`: the same keys,
+  shapes and dtypes as a batch the trainer's pipeline yields (encoder-decoder
+  unpacked and packed with per-segment ids; decoder-only as a prefix LM)."""
+  import tasks  # noqa: F401  registers the seqio tasks
+  from moe_jax import plan
+  from moe_jax.data import converters, registry
+  from moe_jax.models import build_model, get_preset
+  model = build_model(get_preset("t5_1_1_tiny" if family == "t5" else "llama_tiny"))
+  lengths = {"inputs": 32, "targets": 8}
+  ds = registry.get_task_or_mixture("rotten_tomatoes_Movie_Expressed_Sentiment").get_dataset(
+      sequence_length=lengths, split="train", shuffle=False, use_cached=False)
+  ds = converters.prefix_lm(ds, 40) if family == "decoder" else converters.encdec(ds, lengths, pack=pack)
+  real = next(converters.batches(ds, 4, drop_remainder=True))
+  abstract = plan.abstract_batch(model, lengths, 4, pack, sharding=lambda ndim: None)
+  assert set(abstract) == set(real)
+  for k, v in real.items():
+    assert (abstract[k].shape, abstract[k].dtype) == (v.shape, v.dtype), k
