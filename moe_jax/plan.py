@@ -72,11 +72,12 @@ def abstract_batch(model, lengths: dict, batch_size: int, pack: bool, sharding, 
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding(len(shape)))
   b = batch_size
   if model.config.family == "decoder":
+    if pack:  # as the trainer refuses it
+      raise ValueError("PACK=True: decoder-only models train as unpacked prefix-LM rows (packing is implemented "
+                       "for encoder-decoder models); set it to False")
     n = lengths["inputs"] + lengths["targets"]
     batch = {k: spec(b, n) for k in ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
                                      "decoder_causal_attention")}
-    if pack:
-      batch.update(decoder_segment_ids=spec(b, n), decoder_positions=spec(b, n))
   else:
     li, lt = lengths["inputs"], lengths["targets"]
     batch = {"encoder_input_tokens": spec(b, li), "decoder_input_tokens": spec(b, lt),

@@ -202,6 +202,9 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   read: a run that fails on bad input leaves the directory as it found it.
   """
   validation.train_args(**locals())
+  if pack and model.config.family == "decoder":
+    raise ValueError(f"{validation.setting('train', 'pack')}=True: decoder-only models train as unpacked prefix-LM "
+                     "rows (packing is implemented for encoder-decoder models); set it to False")
   from moe_jax.data import converters, ids, registry  # TF-heavy: imported when training
   source = registry.get_task_or_mixture(mixture_or_task_name)
   holds = _check_same_run(model_dir, model)

@@ -143,6 +143,8 @@ CASES = {
                            "TASK_FEATURE_LENGTHS['targets'] must be a positive integer, got 0"),
     "feature lengths not a dict": (train(fixed("--gin.TASK_FEATURE_LENGTHS=32")), "TASK_FEATURE_LENGTHS must be a dict"),
     "bad mesh shape": (train(fixed("--gin.MESH_SHAPE=(0, 1)")), "MESH_SHAPE must be a tuple of positive integers"),
+    "packing a decoder-only model": (train(fixed("--gin.PACK=True", "--gin.model.preset='llama_tiny'")),
+                                     "PACK=True: decoder-only models train as unpacked prefix-LM rows"),
     "invalid trainable regex": (train(fixed("--gin.TRAINABLE_REGEX='(adapter'")),
                                 "TRAINABLE_REGEX='(adapter' is not a valid regular expression"),
     "MODEL_DIR under a regular file": (lambda c: train(fixed(f"--gin.MODEL_DIR={c.file('f', b'x') / 'run'}"))(c),

@@ -154,3 +154,11 @@ def test_the_planned_batch_is_the_batch_the_trainer_feeds(family, pack):
   assert set(abstract) == set(real)
   for k, v in real.items():
     assert (abstract[k].shape, abstract[k].dtype) == (v.shape, v.dtype), k
+
+
+def test_packing_a_decoder_only_model_is_refused_as_the_trainer_refuses_it():
+  from moe_jax import plan
+  from moe_jax.models import build_model, get_preset
+  with pytest.raises(ValueError, match="PACK=True: decoder-only models train as unpacked prefix-LM rows"):
+    plan.abstract_batch(build_model(get_preset("llama_tiny")), {"inputs": 8, "targets": 4}, 2, True,
+                        sharding=lambda ndim: None)
