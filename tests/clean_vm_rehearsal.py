@@ -53,6 +53,7 @@ def audit(event, args):
   writing = (event != "open" or (isinstance(mode, str) and any(c in mode for c in "wax+"))
              or (isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
   allowed = [CACHE, "/dev", "/proc"] if writing else ALLOWED + ([KIT] if staging else [])
+  allowed = [os.path.realpath(a) for a in allowed]  # `full` is resolved too (../shared may be a link)
   if not any(full == a or full.startswith(a.rstrip("/") + "/") for a in allowed):
     touched.append(f"{event}{' (write)' if writing else ''} {full}")
 
