@@ -58,11 +58,7 @@ def check_checkpoint(path: str) -> str:
   from moe_jax.models import hf, safetensors_io, t5x
   if fs.exists(fs.join(path, "config.json")):
     config = hf.read_config(path)
-    index = fs.join(path, "model.safetensors.index.json")
-    shards = (sorted(set(hf.read_weight_map(index).values())) if fs.exists(index)
-              else [fs.basename(f) for f in fs.glob(fs.join(path, "*.safetensors"))])
-    if not shards:
-      raise hf.CheckpointError(f"{path}: no *.safetensors files")
+    shards, _ = hf.shard_files(path)
     tensors = sum(len(safetensors_io.read_header(fs.join(path, s))) - 1 for s in shards)
     return (f"checkpoint: {path}: Hugging Face {config.get('model_type', '?')}, d_model "
             f"{config.get('d_model', config.get('hidden_size', '?'))}, {tensors} tensors in {len(shards)} file(s)")

@@ -309,7 +309,8 @@ def read_weight_map(index: str) -> dict:
   return weight_map
 
 
-def _read_all_tensors(path: str) -> dict[str, tuple[np.ndarray, str]]:
+def shard_files(path: str) -> tuple[list[str], dict | None]:
+  """(safetensors file names, the index's weight map or None) of a checkpoint directory."""
   index = fs.join(path, "model.safetensors.index.json")
   if fs.exists(index):
     weight_map = read_weight_map(index)
@@ -319,6 +320,12 @@ def _read_all_tensors(path: str) -> dict[str, tuple[np.ndarray, str]]:
     weight_map = None
   if not files:
     raise CheckpointError(f"{path}: no *.safetensors files (found {sorted(fs.listdir(path))})")
+  return files, weight_map
+
+
+def _read_all_tensors(path: str) -> dict[str, tuple[np.ndarray, str]]:
+  index = fs.join(path, "model.safetensors.index.json")
+  files, weight_map = shard_files(path)
   tensors = {}
   for name in files:
     file = fs.join(path, name)
