@@ -141,7 +141,20 @@ def exit_process(code: int) -> None:
   while being finalised after an error (checkpoints are already flushed)."""
   sys.stdout.flush()
   sys.stderr.flush()
+  if code in (0, preemption.EXIT_CODE):  # every process ends here together
+    _leave_distributed()
   os._exit(code)
+
+
+def _leave_distributed() -> None:
+  """Under jax.distributed, wait at the shutdown barrier before exiting: the
+  coordination service lives in process 0, and a process still finishing when
+  it vanishes is aborted by its error poller (SIGABRT, "Failed to send RPC to
+  coordination service"). Not on a failure exit, where the others may never
+  arrive."""
+  jax = sys.modules.get("jax")
+  if jax is not None and jax.distributed.is_initialized():
+    jax.distributed.shutdown()
 
 
 def one_line(message) -> str:

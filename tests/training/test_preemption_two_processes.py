@@ -17,10 +17,11 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _two_processes(run, steps, *, signal_at=None):
+def _two_processes(run, steps, *, signal_at=None, linger1=0):
   """Both processes of a two-host run; with `signal_at`, SIGTERM goes to
   process 1 only when process 0 (the lead, which prints progress) logs that
-  step. Returns [(exit code, stderr)] per process."""
+  step; process 1 exits `linger1` seconds after it finished. Returns
+  [(exit code, stderr)] per process."""
   script = os.path.join(REPO, "tests", "multidevice", "two_process_trainer.py")
   port = str(_free_port())
   flags = [*SMALL_TRAIN, f"--gin.TRAIN_STEPS={steps}", "--gin.CHECKPOINT_PERIOD=1000", "--gin.LOG_PERIOD=1",
@@ -28,7 +29,8 @@ def _two_processes(run, steps, *, signal_at=None):
   err1 = open(run.parent / f"{run.name}.stderr1", "w+")
   procs = [subprocess.Popen([sys.executable, script, port, str(i), *flags], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE if i == 0 else err1, text=True,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)) for i in range(2)]
+                            env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+                                     LINGER_SECONDS=str(linger1 if i == 1 else 0))) for i in range(2)]
   lines = []
   try:
     for line in procs[0].stderr:
@@ -49,7 +51,9 @@ def _two_processes(run, steps, *, signal_at=None):
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_path):
   steps, k = 12, 4
   ref = tmp_path / "reference"
-  assert [c for c, _ in _two_processes(ref, steps)] == [0, 0]
+  # Process 1 ends 3 s after process 0, whose exit must wait for it: the
+  # coordination service lives in process 0 (else SIGABRT in process 1).
+  assert [c for c, _ in _two_processes(ref, steps, linger1=3)] == [0, 0]
   run = tmp_path / "run"
   (c0, e0), (c1, e1) = _two_processes(run, steps, signal_at=k)
   assert (c0, c1) == (preemption.EXIT_CODE, preemption.EXIT_CODE), (e0[-2000:], e1[-2000:])
