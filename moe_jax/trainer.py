@@ -205,7 +205,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   if pack and model.config.family == "decoder":
     raise ValueError(f"{validation.setting('train', 'pack')}=True: decoder-only models train as unpacked prefix-LM "
                      "rows (packing is implemented for encoder-decoder models); set it to False")
-  from moe_jax.data import converters, ids, registry  # TF-heavy: imported when training
+  from moe_jax.data import ids, registry, training_input  # TF-heavy: imported when training
   source = registry.get_task_or_mixture(mixture_or_task_name)
   holds = _check_same_run(model_dir, model)
   if moa_train_domain is not None:
@@ -277,22 +277,14 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     print(f"{model_dir} is already at step {step} >= train_steps={train_steps}")
     return {}
 
-  extra = {}
-  if hasattr(source, "tasks"):  # a seqio Mixture keeps only inputs/targets unless told
-    extra["passthrough_features"] = converters.CONTEXT_FEATURES
   # Per-host input: each host reads only the rows of the global batch its devices hold.
   first_row, host_rows = partitioner.host_batch_rows(batch_size)
-  if host_rows != batch_size:
-    import seqio
-    extra["shard_info"] = seqio.ShardInfo(index=first_row // host_rows, num_shards=batch_size // host_rows)
-  ds = source.get_dataset(sequence_length=task_feature_lengths, split="train", shuffle=True,
-                          seed=shuffle_seed, num_epochs=None, use_cached=False, **extra)
-  if model.config.family == "decoder":
-    ds = converters.prefix_lm(ds, task_feature_lengths["inputs"] + task_feature_lengths["targets"])
-  else:
-    ds = converters.encdec(ds, task_feature_lengths, pack=pack, passthrough=converters.CONTEXT_FEATURES)
-  ds = ds.skip(batches_seen * host_rows)  # same data order as the uninterrupted run
-  batch_iter = converters.batches(ds, host_rows, drop_remainder=True)
+  batch_iter = training_input.build(source, task_feature_lengths, first_row=first_row, host_rows=host_rows,
+                                    batch_size=batch_size, shuffle_seed=shuffle_seed, pack=pack,
+                                    family=model.config.family, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+  if resume.step is not None:  # the same data order as the uninterrupted run
+    batch_iter.resume(fs.join(ckpt_dir, str(step)), batches_seen, fs.join(model_dir, "damaged_checkpoints"))
   try:
     pending = next(batch_iter)  # bad data fails here, before anything is written
   except StopIteration:
@@ -343,6 +335,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
              "batches_seen": np.int64(batches_seen)}
     stop.saving = stopping  # a second signal now exits at once (orbax's save is atomic)
     ckpts.save(step, {**state, "frozen": frozen} if save_frozen else state, force=True)
+    batch_iter.save(fs.join(ckpt_dir, str(step)), batches_seen)  # each process its own
 
   def stopped(signame, step, saved):
     """Save at `step` (unless just saved), flush, wait for the save, raise Stopped."""

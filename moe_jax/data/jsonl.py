@@ -5,6 +5,7 @@ Files follow `<dataset>/<subset or _>/<split>.jsonl` in the Hugging Face
 """
 from __future__ import annotations
 
+import functools
 import json
 from typing import Iterator, Optional, Sequence
 
@@ -85,6 +86,20 @@ def read_rows(path: str, required: Sequence[str] = ()) -> Iterator[dict]:
   """Yields one dict per line; bad input raises DataError (see numbered_rows)."""
   for _, row in numbered_rows(path, required):
     yield row
+
+
+@functools.lru_cache(maxsize=64)
+def _table(path: str, version) -> tuple:
+  return tuple(read_rows(path))
+
+
+def table(path: str) -> tuple:
+  """A file's rows, parsed once per process (and again if the file changes):
+  a mixture has one task per template, so each file backs ~10 tasks, and JSON
+  parsing dominated start-up."""
+  if not fs.exists(path):
+    next(read_rows(path))  # raises the DataError naming the file
+  return _table(path, fs.version(path))
 
 
 def count_rows(path: str) -> int:

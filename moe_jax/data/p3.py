@@ -65,24 +65,6 @@ class DatasetSpec:
     return self.missing() is None
 
 
-def _rows(spec: DatasetSpec, split: str):
-  yield from sources.current().rows(spec, split)
-
-
-@functools.lru_cache(maxsize=64)
-def _parsed_file(path: str, mtime_ns: int) -> tuple:
-  return tuple(jsonl.read_rows(path))
-
-
-def parsed_rows(path: str):
-  """A file's rows, parsed once per process: a mixture has one task per
-  template, so each file backs ~10 tasks, and JSON parsing dominated start-up."""
-  if not fs.exists(path):
-    yield from jsonl.read_rows(path)  # raises the DataError naming the file
-    return
-  yield from _parsed_file(path, fs.version(path))
-
-
 def sample_order(indices, seed: int) -> list:
   """`indices` in a fixed pseudo-random order that depends on each index and
   the seed only, not on how many rows there are: the P3 release keeps only the
@@ -90,52 +72,69 @@ def sample_order(indices, seed: int) -> list:
   return sorted(indices, key=lambda i: (zlib.crc32(f"{seed}:{int(i)}".encode()), int(i)))
 
 
-def _ordered_rows(spec, split, shuffle_seed, sample_seed=None):
-  """(row index, row) in file order, or in a seeded random order when training
-  (or in `sample_order` when subsampling): rows are cheap to read, templates
-  are not, so the order is shuffled before rendering instead of through a
-  large tf.data shuffle buffer."""
-  rows = enumerate(_rows(spec, split))
-  if shuffle_seed is None and sample_seed is None:
-    return rows
-  rows = list(rows)
+def row_order(n: int, shuffle_seed: Optional[int] = None, sample_seed: Optional[int] = None):
+  """Which row comes at each position: file order, a seeded permutation when
+  training (rows are cheap to index, templates are not, so the order is
+  shuffled before rendering instead of through a large tf.data buffer), or
+  `sample_order` when subsampling."""
   if sample_seed is not None:
-    return (rows[i] for i in sample_order(range(len(rows)), sample_seed))
-  order = np.random.RandomState(shuffle_seed % (2 ** 32)).permutation(len(rows))
-  return (rows[i] for i in order)
+    return sample_order(range(n), sample_seed)
+  if shuffle_seed is None:
+    return range(n)
+  return np.random.RandomState(shuffle_seed % (2 ** 32)).permutation(n)
+
+
+class _Renderer:
+  """Row index -> the template's examples of that row (none when a guarded
+  template renders nothing, one per answer choice for score-eval tasks).
+  A pure function of the index, which is what lets tf.data checkpoint the
+  pipeline's position (an index) instead of Python state."""
+
+  def __init__(self, spec, template_name, score_eval, split):
+    self.spec, self.template_name, self.score_eval, self.split = spec, template_name, score_eval, split
+    self.template = templates.dataset_templates(spec.dataset, spec.subset)[template_name]
+    self.ids = {"task_id": ids.task_id(spec.key), "domain_id": ids.domain_id(spec.category),
+                "template_id": ids.template_id(_p3_name(spec, template_name, False))}
+    self._table = self.needed = self.where = None
+
+  @property
+  def table(self):
+    if self._table is None:  # on first use, so registering and building read no data
+      source = sources.current()
+      self._table = source.table(self.spec, self.split)
+      first = self._table[0] if len(self._table) else {}
+      # The fields this template reads, as the first row spells the schema.
+      self.needed = templates.referenced_fields(self.template) & set(first)
+      self.where = source.where(self.spec, self.split)
+    return self._table
+
+  def __call__(self, idx: int) -> list[dict]:
+    row = self.table[idx]
+    missing = self.needed - set(row)
+    if missing:  # Jinja would silently render a missing field as ''
+      raise jsonl.DataError(f"{self.where}:{idx + 1}: missing field {sorted(missing)[0]!r} "
+                            f"needed by template {self.template_name!r}")
+    try:
+      rendered = templates.render(self.template, row)
+    except Exception as e:  # a template error names the row it failed on
+      raise jsonl.DataError(f"{self.where}:{idx + 1}: template {self.template_name!r} failed: {e!r}") from e
+    if rendered is None:
+      return []
+    inputs, target, choices = rendered
+    base = {"inputs": inputs, "idx": idx, **self.ids}
+    if not self.score_eval:
+      return [dict(base, targets=target)]
+    stripped = [c.strip() for c in choices]
+    if target.strip() not in stripped:
+      return []  # no gold choice to rank (see _tools/template_validation.tsv)
+    gold = stripped.index(target.strip())
+    return [dict(base, targets=choice, choice_idx=c, is_correct=c == gold) for c, choice in enumerate(choices)]
 
 
 def _examples(spec, template_name, score_eval, split, shuffle_seed=None, sample_seed=None):
-  template = templates.dataset_templates(spec.dataset, spec.subset)[template_name]
-  task_id, domain_id = ids.task_id(spec.key), ids.domain_id(spec.category)
-  template_id = ids.template_id(_p3_name(spec, template_name, False))
-  needed, where = None, None
-  for idx, row in _ordered_rows(spec, split, shuffle_seed, sample_seed):
-    if needed is None:  # the fields this template reads, as the first row spells the schema
-      needed = templates.referenced_fields(template) & set(row)
-      where = sources.current().where(spec, split)
-    missing = needed - set(row)
-    if missing:  # Jinja would silently render a missing field as ''
-      raise jsonl.DataError(f"{where}:{idx + 1}: missing field {sorted(missing)[0]!r} "
-                            f"needed by template {template_name!r}")
-    try:
-      rendered = templates.render(template, row)
-    except Exception as e:  # a template error names the row it failed on
-      raise jsonl.DataError(f"{where}:{idx + 1}: template {template_name!r} failed: {e!r}") from e
-    if rendered is None:
-      continue
-    inputs, target, choices = rendered
-    base = {"inputs": inputs, "idx": idx, "task_id": task_id, "domain_id": domain_id,
-            "template_id": template_id}
-    if not score_eval:
-      yield dict(base, targets=target)
-      continue
-    stripped = [c.strip() for c in choices]
-    if target.strip() not in stripped:
-      continue  # no gold choice to rank (see _tools/template_validation.tsv)
-    gold = stripped.index(target.strip())
-    for c, choice in enumerate(choices):
-      yield dict(base, targets=choice, choice_idx=c, is_correct=c == gold)
+  render = _Renderer(spec, template_name, score_eval, split)
+  for idx in row_order(len(render.table), shuffle_seed, sample_seed):
+    yield from render(int(idx))
 
 
 _SIGNATURE = {"inputs": tf.TensorSpec((), tf.string), "targets": tf.TensorSpec((), tf.string),
@@ -143,6 +142,36 @@ _SIGNATURE = {"inputs": tf.TensorSpec((), tf.string), "targets": tf.TensorSpec((
               "domain_id": tf.TensorSpec((), tf.int32), "template_id": tf.TensorSpec((), tf.int32)}
 _SCORE_SIGNATURE = dict(_SIGNATURE, choice_idx=tf.TensorSpec((), tf.int32),
                         is_correct=tf.TensorSpec((), tf.bool))
+
+
+def _rendered_dataset(spec, template_name, score_eval, split, shuffle_seed) -> tf.data.Dataset:
+  """Positions 0..n-1 -> row indices (row_order) -> rendered examples. Only
+  indices flow through tf.data, so its iterator state (positions, shuffle
+  buffers) is the pipeline's whole position: a resume restores it instead of
+  rendering every earlier row again (see moe_jax/data/position.py)."""
+  render = _Renderer(spec, template_name, score_eval, split)
+  signature = _SCORE_SIGNATURE if score_eval else _SIGNATURE
+  names = list(signature)
+  order = []
+
+  def count(_):
+    order[:] = [row_order(len(render.table), shuffle_seed)]
+    return np.int64(len(render.table))
+
+  def examples(position):
+    exs = render(int(order[0][int(position)]))
+    return [np.asarray([ex[k] for ex in exs], dtype=object if signature[k].dtype == tf.string
+                       else signature[k].dtype.as_numpy_dtype) for k in names]
+
+  def to_features(position):
+    out = tf.numpy_function(examples, [position], [signature[k].dtype for k in names], stateful=False)
+    return {k: tf.ensure_shape(t, [None]) for k, t in zip(names, out)}
+
+  # The row count is read lazily (on the first element), as the rows are.
+  n = tf.data.Dataset.from_tensors(np.int64(0)).map(
+      lambda x: tf.ensure_shape(tf.numpy_function(count, [x], tf.int64, stateful=False), []))
+  positions = n.flat_map(tf.data.Dataset.range)
+  return positions.map(to_features).unbatch()
 
 
 def _dataset_fn(spec, template_name, score_eval, split, shuffle_files=False, seed=None):
@@ -155,8 +184,7 @@ def _dataset_fn(spec, template_name, score_eval, split, shuffle_files=False, see
   source = sources.current()
   if not source.renders:
     return _released_examples(source.root, spec, template_name, score_eval, split, shuffle_seed)
-  gen = functools.partial(_examples, spec, template_name, score_eval, split, shuffle_seed)
-  return tf.data.Dataset.from_generator(gen, output_signature=_SCORE_SIGNATURE if score_eval else _SIGNATURE)
+  return _rendered_dataset(spec, template_name, score_eval, split, shuffle_seed)
 
 
 def _p3_name(spec, template_name, score_eval):
@@ -309,7 +337,7 @@ def instruction_text(template_task: str) -> str:
 def _add(name, source, preprocessors_, features):
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
-  # Rows arrive already shuffled (see _ordered_rows); a small buffer suffices
+  # Rows arrive already shuffled (see row_order); a small buffer suffices
   # and keeps a 100-task mixture from rendering 1000 examples per task first.
   seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors_, output_features=features,
                          shuffle_buffer_size=SHUFFLE_BUFFER)

@@ -21,11 +21,12 @@ import dataclasses
 import functools
 import importlib.util
 import os
-from typing import Iterator, Optional
+from typing import Optional, Sequence
 
 import gin
 
 from moe_jax import fs
+from moe_jax.data import jsonl
 from moe_jax.data.jsonl import DataError
 
 SOURCE_ENV = "MOE_JAX_DATA_SOURCE"
@@ -96,22 +97,21 @@ class Source:
     from moe_jax.data import parquet
     return parquet.split_dir(self.root, spec.dataset, spec.subset, split)
 
-  def rows(self, spec, seqio_split: str) -> Iterator[dict]:
-    """The split's rows in order (HF schema). Raises UnavailableDataError."""
+  def table(self, spec, seqio_split: str) -> Sequence[dict]:
+    """The split's rows (HF schema) by position: len() and [i]. Raises
+    UnavailableDataError. Read once per process and split."""
     split = self.split_name(spec, seqio_split)
     if self.kind == "jsonl":
-      from moe_jax.data import p3  # the per-process parse cache lives there
       path = spec.file(seqio_split)
       if not fs.exists(path):
         raise UnavailableDataError(f"{spec.hf_name}: the jsonl source has no {path} "
                                 f"(data dir {fs.dirname(fs.dirname(fs.dirname(path)))}; "
                                 f"set MOE_JAX_DATA_DIR, choose another {SOURCE_ENV}, or {SKIP_ENV}=1)")
-      return p3.parsed_rows(path)
+      return jsonl.table(path)
     if self.kind == "hf":
-      return iter(_hf_split(spec, split))
+      return _hf_split(spec, split)  # Arrow-backed: rows are read when indexed
     if self.kind == "parquet":
-      from moe_jax.data import parquet
-      return parquet.read_rows(self.root, spec.dataset, spec.subset, split)
+      return _parquet_table(self.root, spec.dataset, spec.subset, split)
     raise ValueError(f"the {self} source serves rendered P3 tasks, not dataset rows ({spec.hf_name})")
 
   def missing(self, spec, seqio_split: str, task_names=()) -> Optional[str]:
@@ -140,6 +140,13 @@ def _hf_module():
   return datasets
 
 
+@functools.lru_cache(maxsize=64)
+def _parquet_table(root, dataset, subset, split) -> tuple:
+  from moe_jax.data import parquet
+  return tuple(parquet.read_rows(root, dataset, subset, split))
+
+
+@functools.lru_cache(maxsize=64)
 def _hf_split(spec, split):
   datasets = _hf_module()
   try:

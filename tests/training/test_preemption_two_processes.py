@@ -61,7 +61,12 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_p
   assert len(saved) == 1 and k <= saved[0] <= k + 2, saved
   for err in (e0, e1):  # both name the signal process 1 received and the one step saved
     assert f"stopped by SIGTERM at step {saved[0]}: saved checkpoint step {saved[0]}" in err
-  assert [c for c, _ in _two_processes(run, steps)] == [0, 0]
+  position = run / "checkpoints" / str(saved[0]) / "input_position"
+  assert sorted(p.name for p in position.glob("*.json")) == ["process_0-of-2.json", "process_1-of-2.json"]
+  rerun = _two_processes(run, steps)
+  assert [c for c, _ in rerun] == [0, 0]
+  for _, err in rerun:  # each process continues its own half of the batches from where it stood
+    assert f"input position: restored after {saved[0]} batches" in err
   _same(final_state(run), final_state(ref))
   assert _losses(run) == _losses(ref)
 

@@ -40,7 +40,28 @@ def test_stopped_after_two_steps_and_resumed_to_four_equals_four_straight(small_
   assert sorted(_rows(run)) == [1, 2]
   capsys.readouterr()
   assert train_in_process(run, capture=True) == 0
-  assert f"resuming {run} from step 2" in capsys.readouterr().out
+  out, err = capsys.readouterr()
+  assert f"resuming {run} from step 2" in out
+  # the data continue from the position saved with step 2, not replayed
+  assert f"input position: restored after 2 batches from {run}/checkpoints/2/input_position" in err
+  _assert_same_run(small_run, run)
+
+
+def test_a_checkpoint_without_its_input_position_replays_the_data_and_ends_the_same(small_run, tmp_path, capsys):
+  run = tmp_path / "run"
+  shutil.copytree(small_run, run)
+  shutil.rmtree(run / "checkpoints" / "4")
+  shutil.rmtree(run / "checkpoints" / "2" / "input_position")
+  log = run / "train_metrics.jsonl"
+  log.write_text("".join(open(log).readlines()[:2]))
+  capsys.readouterr()
+  assert train_in_process(run, capture=True) == 0
+  assert (f"input position: checkpoint {run}/checkpoints/2 holds no input position: replaying 8 rows "
+          "(2 batches of 4)") in capsys.readouterr().err
+  _assert_same_run(small_run, run)
+
+
+def _assert_same_run(small_run, run):
   straight, resumed = _rows(small_run), _rows(run)
   assert sorted(straight) == sorted(resumed) == [1, 2, 3, 4]
   for step in (3, 4):  # the steps the resumed run computed itself
