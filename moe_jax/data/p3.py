@@ -145,13 +145,16 @@ _SCORE_SIGNATURE = dict(_SIGNATURE, choice_idx=tf.TensorSpec((), tf.int32),
 
 
 def _rendered_dataset(spec, template_name, score_eval, split, shuffle_seed) -> tf.data.Dataset:
-  """Positions 0..n-1 -> row indices (row_order) -> rendered examples. Only
-  indices flow through tf.data, so its iterator state (positions, shuffle
-  buffers) is the pipeline's whole position: a resume restores it instead of
-  rendering every earlier row again (see moe_jax/data/position.py)."""
+  """Positions 0..n-1 -> row indices (row_order) -> rendered, tokenised
+  examples. Only indices flow through tf.data, so its iterator state
+  (positions, shuffle buffers) is the pipeline's whole position: a resume
+  restores it instead of rendering every earlier row again (see
+  training_input.py). Tokenising here, with the process's one SentencePiece
+  model, spares each of a mixture's ~100 tasks loading its own TF tokenizer
+  kernel when first sampled (the pipeline's slow start)."""
   render = _Renderer(spec, template_name, score_eval, split)
   signature = _SCORE_SIGNATURE if score_eval else _SIGNATURE
-  names = list(signature)
+  scalars = [k for k in signature if k not in ("inputs", "targets")]
   order = []
 
   def count(_):
@@ -160,18 +163,36 @@ def _rendered_dataset(spec, template_name, score_eval, split, shuffle_seed) -> t
 
   def examples(position):
     exs = render(int(order[0][int(position)]))
-    return [np.asarray([ex[k] for ex in exs], dtype=object if signature[k].dtype == tf.string
-                       else signature[k].dtype.as_numpy_dtype) for k in names]
+    v = vocab.t5_vocabulary()
+    out = []
+    for k in ("inputs", "targets"):
+      ids_ = [v.encode(ex[k]) for ex in exs]
+      padded = np.zeros((len(exs), max(map(len, ids_), default=0)), np.int32)
+      for i, t in enumerate(ids_):
+        padded[i, :len(t)] = t
+      out += [padded, np.asarray([len(t) for t in ids_], np.int32), np.asarray([ex[k] for ex in exs], object)]
+    return out + [np.asarray([ex[k] for ex in exs], signature[k].dtype.as_numpy_dtype) for k in scalars]
 
   def to_features(position):
-    out = tf.numpy_function(examples, [position], [signature[k].dtype for k in names], stateful=False)
-    return {k: tf.ensure_shape(t, [None]) for k, t in zip(names, out)}
+    types = [tf.int32, tf.int32, tf.string] * 2 + [signature[k].dtype for k in scalars]
+    out = tf.numpy_function(examples, [position], types, stateful=False)
+    features = {}
+    for i, k in enumerate(("inputs", "targets")):
+      features.update({k: tf.ensure_shape(out[3 * i], [None, None]), f"{k}_length": tf.ensure_shape(out[3 * i + 1], [None]),
+                       f"{k}_pretokenized": tf.ensure_shape(out[3 * i + 2], [None])})
+    features.update({k: tf.ensure_shape(t, [None]) for k, t in zip(scalars, out[6:])})
+    return features
+
+  def unpad(ex):
+    out = {k: v for k, v in ex.items() if not k.endswith("_length")}
+    out.update({k: ex[k][:ex[f"{k}_length"]] for k in ("inputs", "targets")})
+    return out
 
   # The row count is read lazily (on the first element), as the rows are.
   n = tf.data.Dataset.from_tensors(np.int64(0)).map(
       lambda x: tf.ensure_shape(tf.numpy_function(count, [x], tf.int64, stateful=False), []))
   positions = n.flat_map(tf.data.Dataset.range)
-  return positions.map(to_features).unbatch()
+  return positions.map(to_features).unbatch().map(unpad)
 
 
 def _dataset_fn(spec, template_name, score_eval, split, shuffle_files=False, seed=None):
