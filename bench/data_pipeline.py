@@ -1,7 +1,7 @@
 """`make bench-data`: the trainer's input pipeline on one host core, JSON + markdown.
 
     python -m bench.data_pipeline [--out_dir=bench_results] [--sources=jsonl,hf,p3]
-        [--rows=3000] [--resume_steps=10,10000] [--resume_batch=8] [--p3_rows=400]
+        [--rows=3000] [--resume_steps=10,10000] [--resume_batch=8] [--p3_rows=2000]
 
 For `t0_train` over the data kit (SKIP_UNAVAILABLE: the kit's datasets),
 lengths 1024/256, the trainer's own pipeline (`training_input.build`), each
@@ -103,9 +103,10 @@ def resume_run(step: int, batch: int, out_dir: str, replay: bool) -> dict:
   start = time.perf_counter()
   it = _input(False, batch)
   step_dir = os.path.join(out_dir, "positions", str(step))
-  it.resume(os.path.join(out_dir, "empty") if replay else step_dir, step, os.path.join(out_dir, "damaged"))
+  restored = it.resume(os.path.join(out_dir, "empty") if replay else step_dir, step,
+                       os.path.join(out_dir, "damaged"))
   next(it)
-  return {"first_batch_s": round(time.perf_counter() - start, 2)}
+  return {"first_batch_s": round(time.perf_counter() - start, 2), "restored": restored}
 
 
 def _child(args: list[str]) -> dict:
@@ -157,7 +158,7 @@ def main(argv=None) -> None:
   ap.add_argument("--rows", type=int, default=3000)
   ap.add_argument("--resume_steps", default="10,10000")
   ap.add_argument("--resume_batch", type=int, default=8)
-  ap.add_argument("--p3_rows", type=int, default=400)
+  ap.add_argument("--p3_rows", type=int, default=2000)
   ap.add_argument("--child", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   if args.child:

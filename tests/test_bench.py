@@ -2,7 +2,9 @@
 import importlib.util
 import json
 
-from bench import run, train_step
+import pytest
+
+from bench import data_pipeline, run, train_step
 
 
 def test_train_step_benchmark_reports_every_method_side_by_side(tmp_path):
@@ -103,3 +105,23 @@ def test_matmul_peak_agrees_with_a_separately_timed_matmul():
   separate = 2.0 * n ** 3 / statistics.median(times)
   peak = timing.matmul_peak_flops(n=n, rounds=5)
   assert 0.5 <= peak / separate <= 2.0, (peak, separate)
+
+
+@pytest.mark.slow
+def test_bench_data_reports_start_up_steady_rates_and_resume_times(tmp_path):
+  """`make bench-data` on small settings: every figure present and positive;
+  the restored positions were really saved at both steps."""
+  data_pipeline.main(["--sources=jsonl", "--rows=20", "--resume_steps=1,3", "--resume_batch=2",
+                      f"--out_dir={tmp_path}"])
+  report = json.load(open(tmp_path / "bench_data.json"))
+  assert [(r["source"], r["pack"]) for r in report["pipelines"]] == [("jsonl", False), ("jsonl", True)]
+  for r in report["pipelines"]:
+    assert 0 < r["first_row_s"] <= r["row_100_s"] <= r["row_500_s"] and r["steady_rows_per_s"] > 0
+  packed = report["pipelines"][1]
+  assert packed["steady_examples_per_s"] > packed["steady_rows_per_s"]  # several examples per packed row
+  res = report["resume"]
+  assert res["restored_step_1"]["restored"] and res["restored_step_3"]["restored"]
+  assert res["replayed_step_1"]["restored"] is False
+  assert res["restored_step_1"]["first_batch_s"] > 0 and res["restored_step_3"]["first_batch_s"] > 0
+  assert sorted(p.name for p in (tmp_path / "positions").iterdir()) == ["1", "3"]
+  assert "| jsonl | True |" in (tmp_path / "bench_data.md").read_text()

@@ -167,7 +167,9 @@ def _rendered_dataset(spec, template_name, score_eval, split, shuffle_seed) -> t
     out = []
     for k in ("inputs", "targets"):
       ids_ = [v.encode(ex[k]) for ex in exs]
-      padded = np.zeros((len(exs), max(map(len, ids_), default=0)), np.int32)
+      # At least one column: tf.data's unbatch crashes (SIGSEGV) on zero-size
+      # slices, as a template rendering an empty target would give.
+      padded = np.zeros((len(exs), max([1, *map(len, ids_)])), np.int32)
       for i, t in enumerate(ids_):
         padded[i, :len(t)] = t
       out += [padded, np.asarray([len(t) for t in ids_], np.int32), np.asarray([ex[k] for ex in exs], object)]
@@ -237,8 +239,7 @@ def _released_examples(root, spec, template_name, score_eval, split, shuffle_see
 
 def _ensure_eos(tokens):
   """P3 appends EOS to targets but not to inputs; our features end both with it."""
-  n = tf.size(tokens)
-  has = tf.logical_and(n > 0, tf.equal(tokens[tf.maximum(n - 1, 0)], EOS))
+  has = tf.reduce_any(tf.equal(tokens[-1:], EOS))  # empty tokens (an empty target) have none
   return tf.cond(has, lambda: tokens, lambda: tf.concat([tokens, tf.constant([EOS], tokens.dtype)], 0))
 
 

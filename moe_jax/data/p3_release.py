@@ -15,9 +15,12 @@ import json
 import posixpath
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from moe_jax.data.jsonl import DataError
+
+SHUFFLE_BUFFER = 1_000
 
 _STORED = {"int32": tf.int64, "int64": tf.int64, "bool": tf.int64, "float32": tf.float32, "string": tf.string}
 
@@ -69,9 +72,15 @@ def read(root: str, task: str, split: str, *, shuffle_seed: Optional[int] = None
   if not paths:
     raise UnavailableDataError(f"{task}: the p3 source has {info_path(root, task, split)} but no "
                                f"{split}.tfrecord-* files")
+  if shuffle_seed is not None:  # files in a seeded order, records through seqio's default buffer
+    paths = [paths[i] for i in np.random.RandomState(shuffle_seed % (2 ** 32)).permutation(len(paths))]
   ds = tf.data.TFRecordDataset(paths)
-  if shuffle_seed is not None:  # records are cheap: a large buffer, unlike rendered rows
-    ds = ds.shuffle(10_000, seed=shuffle_seed)
+  if shuffle_seed is not None:
+    # 1,000 as seqio's SHUFFLE_BUFFER_SIZE, which T0's cached P3 tasks trained
+    # with: a buffer is filled when its task is first sampled (start-up) and
+    # is saved with every checkpoint's input position (10,000 made it ~2 GB
+    # per host for a 106-task mixture of P3-sized records).
+    ds = ds.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed)
   desc = _description(spec)
 
   def parse(record):

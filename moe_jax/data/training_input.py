@@ -122,19 +122,20 @@ class TrainingInput:
     fs.write_text(prefix + ".json", json.dumps({"layout": self.layout, "batches_seen": int(batches_seen)},
                                                indent=1, sort_keys=True))
 
-  def resume(self, step_dir: str, batches_seen: int, damaged_dir: str) -> None:
+  def resume(self, step_dir: str, batches_seen: int, damaged_dir: str) -> bool:
     """Continues after `batches_seen` batches: from the position saved in
-    `step_dir` when it fits this layout, else by replaying them. A state
-    that exists but cannot be read is moved to `damaged_dir`."""
+    `step_dir` when it fits this layout (True), else by replaying them. A
+    state that exists but cannot be read is moved to `damaged_dir`."""
     if not batches_seen:
-      return
+      return False
     why = self._restore(step_dir, batches_seen, damaged_dir)
     if why is None:
       print(f"input position: restored after {batches_seen} batches from {fs.join(step_dir, DIR)}",
             file=sys.stderr)
-      return
+      return True
     self._current = None  # a failed restore may have moved the iterator
     self._replay(batches_seen, why)
+    return False
 
   def _restore(self, step_dir, batches_seen, damaged_dir) -> Optional[str]:
     """None when restored, else why not."""

@@ -101,3 +101,23 @@ def test_bad_jsonl_names_file_line_and_field(tmp_path, monkeypatch):
   (d / "validation.jsonl").write_text(good + json.dumps(row) + "\n")
   with pytest.raises(Exception, match=r"cb/validation.jsonl:2: missing field 'hypothesis'"):
     _rows("super_glue_cb_GPT_3_style", "validation", 5)
+
+
+def test_an_empty_rendering_tokenises_to_eos_alone(monkeypatch):
+  """A template may render an empty target (or input) for some row: it becomes
+  [EOS], as seqio's tokenize + append_eos makes it, in a stream that goes on
+  (zero-length token rows once crashed tf.data's unbatch)."""
+  real = templates.render
+
+  def render(template, row):
+    inputs, target, choices = real(template, row)
+    return (inputs, "", choices) if row["label"] == 1 else ("", target, choices)
+  monkeypatch.setattr(templates, "render", render)
+  task = seqio.get_mixture_or_task("rotten_tomatoes_Movie_Expressed_Sentiment")
+  rows = list(task.get_dataset(sequence_length=None, split="train", shuffle=True, seed=0).take(12)
+              .as_numpy_iterator())  # shuffled: the file starts with its positive rows
+  data = [json.loads(l) for l in open(jsonl.split_path("rotten_tomatoes", None, "train"))]
+  assert {data[int(r["idx"])]["label"] for r in rows} == {0, 1}
+  for r in rows:
+    empty = "targets" if data[int(r["idx"])]["label"] == 1 else "inputs"
+    assert r[empty].tolist() == [1] and len(r["inputs" if empty == "targets" else "targets"]) > 1

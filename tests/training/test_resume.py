@@ -15,6 +15,7 @@ import shutil
 
 import jax
 import numpy as np
+import pytest
 
 from tests.inprocess import FINAL_PARAMS, final_state, train_in_process
 
@@ -47,17 +48,29 @@ def test_stopped_after_two_steps_and_resumed_to_four_equals_four_straight(small_
   _assert_same_run(small_run, run)
 
 
-def test_a_checkpoint_without_its_input_position_replays_the_data_and_ends_the_same(small_run, tmp_path, capsys):
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_missing_or_damaged_input_position_replays_the_data_and_ends_the_same(small_run, tmp_path, capsys,
+                                                                                damage):
   run = tmp_path / "run"
   shutil.copytree(small_run, run)
   shutil.rmtree(run / "checkpoints" / "4")
-  shutil.rmtree(run / "checkpoints" / "2" / "input_position")
+  position = run / "checkpoints" / "2" / "input_position"
+  if damage == "missing":  # a checkpoint written before positions were saved
+    shutil.rmtree(position)
+  else:  # a save cut short
+    data = next(position.glob("*.data-*"))
+    data.write_bytes(data.read_bytes()[:25])
   log = run / "train_metrics.jsonl"
   log.write_text("".join(open(log).readlines()[:2]))
   capsys.readouterr()
   assert train_in_process(run, capture=True) == 0
-  assert (f"input position: checkpoint {run}/checkpoints/2 holds no input position: replaying 8 rows "
-          "(2 batches of 4)") in capsys.readouterr().err
+  err = capsys.readouterr().err
+  why = ("checkpoint {run}/checkpoints/2 holds no input position" if damage == "missing"
+         else "its saved position was damaged").format(run=run)
+  assert f"input position: {why}: replaying 8 rows (2 batches of 4)" in err
+  if damage == "truncated":
+    assert f"moved it to {run}/damaged_checkpoints/2.input_position" in err
+    assert len(list((run / "damaged_checkpoints" / "2.input_position").iterdir())) == 3
   _assert_same_run(small_run, run)
 
 
