@@ -95,7 +95,9 @@ def save_positions(steps: list[int], batch: int, out_dir: str) -> dict:
     done = step
     it.save(os.path.join(out_dir, "positions", str(step)), step)
     spent[str(step)] = round(time.perf_counter() - start, 1)
-  return {"stream_s_to_step": spent}
+  saved = os.path.join(out_dir, "positions", str(max(steps)), "input_position")
+  size = sum(os.path.getsize(os.path.join(saved, f)) for f in os.listdir(saved))
+  return {"stream_s_to_step": spent, "position_bytes": size}
 
 
 def resume_run(step: int, batch: int, out_dir: str, replay: bool) -> dict:

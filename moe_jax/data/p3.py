@@ -155,14 +155,20 @@ def _rendered_dataset(spec, template_name, score_eval, split, shuffle_seed) -> t
   render = _Renderer(spec, template_name, score_eval, split)
   signature = _SCORE_SIGNATURE if score_eval else _SIGNATURE
   scalars = [k for k in signature if k not in ("inputs", "targets")]
-  order = []
+  order = []  # computed on first use, in whichever process that is
+
+  def row_at(position: int) -> int:
+    if not order:
+      order.append(row_order(len(render.table), shuffle_seed))
+    return int(order[0][position])
 
   def count(_):
-    order[:] = [row_order(len(render.table), shuffle_seed)]
     return np.int64(len(render.table))
 
   def examples(position):
-    exs = render(int(order[0][int(position)]))
+    # A function of `position` alone: a restored iterator calls it at
+    # positions it never visited in this process.
+    exs = render(row_at(int(position)))
     v = vocab.t5_vocabulary()
     out = []
     for k in ("inputs", "targets"):
