@@ -66,15 +66,16 @@ def test_a_restored_position_continues_with_the_same_batches(tmp_path, capsys, p
 
 
 def test_without_a_saved_position_the_stream_is_replayed(tmp_path, capsys):
-  straight = _take(_input(), 6)
-  step_dir = tmp_path / "checkpoints" / "3"
+  n = training_input.PROBE_BATCHES + 3  # replayed: the probe, then the rest
+  straight = _take(_input(), n + 3)
+  step_dir = tmp_path / "checkpoints" / str(n)
   step_dir.mkdir(parents=True)  # a checkpoint from before positions were saved
   resumed = _input()
-  resumed.resume(str(step_dir), 3, str(tmp_path / "damaged"))
+  assert resumed.resume(str(step_dir), n, str(tmp_path / "damaged")) is False
   err = capsys.readouterr().err
-  assert (f"input position: checkpoint {step_dir} holds no input position: replaying 12 rows (3 batches of 4) "
-          "to continue the same stream, about ") in err
-  _assert_same(_take(resumed, 3), straight[3:])
+  assert (f"input position: checkpoint {step_dir} holds no input position: replaying {4 * n} rows ({n} batches "
+          f"of 4) to continue the same stream, about ") in err
+  _assert_same(_take(resumed, 3), straight[n:])
 
 
 def test_a_damaged_position_is_moved_aside_and_the_stream_replayed(tmp_path, capsys):
