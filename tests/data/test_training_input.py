@@ -108,25 +108,24 @@ def test_a_position_saved_under_another_host_split_or_other_data_is_not_used(tmp
           in capsys.readouterr().err)
 
 
+def _restores_after_two(tmp_path, capsys, more):
+  straight = _take(_input(), 2 + more)
+  step_dir = _saved_after(tmp_path, 2)
+  resumed = _input()
+  assert resumed.resume(str(step_dir), 2, str(tmp_path / "damaged"))
+  assert "input position: restored after 2 batches" in capsys.readouterr().err
+  _assert_same(_take(resumed, more), straight[2:])
+
+
 def test_the_hf_stream_restores_too(monkeypatch, tmp_path, capsys):
   """The hf source indexes Arrow-backed `datasets.Dataset` rows (here read from
   the kit's files, as load_dataset would return them)."""
   import datasets
   monkeypatch.setenv(sources.SOURCE_ENV, "hf")
   monkeypatch.setattr(sources, "_hf_split", lambda spec, split: datasets.Dataset.from_json(spec.file("train")))
-  straight = _take(_input(), 5)
-  step_dir = _saved_after(tmp_path, 2)
-  resumed = _input()
-  resumed.resume(str(step_dir), 2, str(tmp_path / "damaged"))
-  assert "input position: restored after 2 batches" in capsys.readouterr().err
-  _assert_same(_take(resumed, 3), straight[2:])
+  _restores_after_two(tmp_path, capsys, 20)
 
 
 def test_the_p3_release_stream_restores_too(p3_release, monkeypatch, tmp_path, capsys):  # noqa: F811
   monkeypatch.setenv(sources.SOURCE_ENV, f"p3:{p3_release}")
-  straight = _take(_input(), 6)
-  step_dir = _saved_after(tmp_path, 2)
-  resumed = _input()
-  resumed.resume(str(step_dir), 2, str(tmp_path / "damaged"))
-  assert "input position: restored after 2 batches" in capsys.readouterr().err
-  _assert_same(_take(resumed, 4), straight[2:])
+  _restores_after_two(tmp_path, capsys, 4)
