@@ -20,6 +20,20 @@ def _load(tmp_path, target, **kw):
   return load_t5x_checkpoint(common.write_checkpoint(tmp_path / "ckpt", target), **kw)
 
 
+def _fused_2d(kernels):
+  """flaxformer's 2-D fused kernel, column by column: DenseGeneral with
+  features (3, heads, d_kv) flattens them row-major, so column
+  j*H*DK + h*DK + k is projection j, head h, dimension k; in t5x's unfused
+  [d, heads*d_kv] kernels that is column h*DK + k. (Built element-wise, not
+  with the reshape the loader undoes.)"""
+  fused = np.zeros((D, len(kernels) * H * DK), kernels[0].dtype)
+  for j, w in enumerate(kernels):
+    for h in range(H):
+      for k in range(DK):
+        fused[:, j * H * DK + h * DK + k] = w[:, h * DK + k]
+  return fused
+
+
 def _flaxformer(t):
   """The tiny T5 in flaxformer's other layouts: fused q/k/v (4-D and 2-D), fused k/v,
   split-head 3-D kernels, fused gated MLP input, one relative bias per layer."""
@@ -28,8 +42,8 @@ def _flaxformer(t):
     e, d = f"encoder/layers_{i}", f"decoder/layers_{i}"
     qkv = [t.pop(f"{e}/attention/{n}/kernel").reshape(D, H, DK) for n in ("query", "key", "value")]
     t[f"{e}/attention/qkv_fused/kernel"] = np.stack(qkv, 1)  # [d, 3, heads, d_kv]
-    qkv = [t.pop(f"{d}/self_attention/{n}/kernel").reshape(D, H, DK) for n in ("query", "key", "value")]
-    t[f"{d}/self_attention/qkv_fused/kernel"] = np.stack(qkv, 1).reshape(D, 3 * H * DK)
+    t[f"{d}/self_attention/qkv_fused/kernel"] = _fused_2d(
+        [t.pop(f"{d}/self_attention/{n}/kernel") for n in ("query", "key", "value")])
     kv = [t.pop(f"{d}/encoder_decoder_attention/{n}/kernel").reshape(D, H, DK) for n in ("key", "value")]
     t[f"{d}/encoder_decoder_attention/kv_fused/kernel"] = np.stack(kv, 1)
     q = f"{d}/encoder_decoder_attention/query/kernel"
