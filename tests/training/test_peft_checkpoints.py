@@ -138,28 +138,64 @@ def test_resume_of_a_run_with_the_old_fingerprint_warns_and_records_the_new_one(
   assert json.loads((run / frozen_source.FILE).read_text()) == new  # rewritten: the probe, as a new run's
 
 
-def test_a_scanned_rematerialised_run_rebuilds_its_backbone_for_evaluation(tmp_path):
+def test_the_paper_path_scanned_rematerialised_peft_only_through_every_entry_point(tmp_path, capsys):
   """The XL presets' layout at tiny size: scanned layers, remat, PEFT-only
-  checkpoints, a T5X initial checkpoint. Loading the checkpoint as eval and
-  infer do rebuilds the backbone (seeded init, then the T5X weights, stacked
-  per layer and checked against the fingerprint recorded per unrolled layer
-  name) and gives back every parameter the run ended with."""
-  from moe_jax import gin_utils
-  from tests.inprocess import FINAL_PARAMS, restored_state
+  checkpoints, a T5X initial checkpoint. One run serves every check:
+  loading its checkpoint as eval and infer do rebuilds the backbone (seeded
+  init, then the T5X weights, stacked per layer and checked against the
+  fingerprint recorded per unrolled layer name) and gives back every
+  parameter the run ended with; stopped after step 2 and resumed, it ends
+  bit-identical; eval, infer and export run on it through their entry points."""
+  from moe_jax import adapter_export, gin_utils
+  from tests.inprocess import FINAL_PARAMS, restored_state, run_entry
   run = tmp_path / "scanned"
   layout = ["--gin.SCAN_LAYERS=True", "--gin.REMAT_POLICY='minimal'", T5X_DIMS]
-  assert train_in_process(run, *layout, f"--gin.INITIAL_CHECKPOINT_PATH={common.TINY_T5}", "--gin.TRAIN_STEPS=2",
-                          "--gin.CHECKPOINT_PERIOD=2", capture=True) == 0
+  train = [*layout, f"--gin.INITIAL_CHECKPOINT_PATH={common.TINY_T5}", "--gin.TRAIN_STEPS=4"]
+  assert train_in_process(run, *train, capture=True) == 0
   step, final = FINAL_PARAMS.pop(str(run))
-  assert "frozen" not in final_state(run) and step == 2
+  assert "frozen" not in final_state(run) and step == 4
   with restored_state():
     gin_utils.configure(["--gin_file=gin_configs/demo.gin", *layout])
     model = gin_utils.model()
   assert model.config.scan_layers
   params, fresh, loaded_step = weights.load_initial(model, frozen_source.init_params(model, 5),
                                                     str(run / "checkpoints"))
-  assert loaded_step == 2 and fresh == []
+  assert loaded_step == 4 and fresh == []
   got, want = traverse_util.flatten_dict(params), traverse_util.flatten_dict(final)
   assert set(got) == set(want) and any("layers" in k for k in got)
   for k in want:
     np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg="/".join(k))
+
+  stopped = tmp_path / "stopped"  # as a run stopped after step 2 leaves it
+  shutil.copytree(run, stopped)
+  shutil.rmtree(stopped / "checkpoints" / "4")
+  log = stopped / "train_metrics.jsonl"
+  log.write_text("".join(open(log).readlines()[:2]))
+  capsys.readouterr()
+  assert train_in_process(stopped, *train, capture=True) == 0
+  assert "input position: restored after 2 batches" in capsys.readouterr().err
+  _, resumed = FINAL_PARAMS.pop(str(stopped))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed, final)
+  assert [json.loads(l)["loss"] for l in open(log)] == [json.loads(l)["loss"] for l in open(run / "train_metrics.jsonl")]
+
+  model_flags = ["--gin_file=gin_configs/models/t5_1_1_tiny.gin", "--gin_file=gin_configs/methods/mov.gin",
+                 "--gin.model.scan_layers=True", T5X_DIMS, f"--gin.CHECKPOINT_PATH={run / 'checkpoints'}"]
+  assert run_entry("eval", ["--gin_file=gin_configs/runs/eval.gin", *model_flags, f"--gin.MODEL_DIR={tmp_path / 'ev'}",
+                            "--gin.EVAL_DATASETS=['super_glue_cb']", "--gin.EVAL_MAX_EXAMPLES_PER_TEMPLATE=1",
+                            "--gin.EVAL_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}"]) == 0
+  report = json.load(open(tmp_path / "ev" / "eval" / "zero_shot.json"))
+  assert [d["dataset"] for d in report["datasets"]] == ["super_glue_cb"]
+  inputs = tmp_path / "in.jsonl"
+  inputs.write_text('{"inputs": "Is this review positive? Great film."}\n')
+  assert run_entry("infer", ["--gin_file=gin_configs/runs/infer.gin", *model_flags,
+                             f"--gin.MODEL_DIR={tmp_path / 'inf'}", f"--gin.INFER_INPUTS={inputs}",
+                             "--gin.MAX_DECODE_LENGTH=3"]) == 0
+  preds = [json.loads(l) for l in open(tmp_path / "inf" / "infer" / "predictions.jsonl")]
+  assert len(preds) == 1 and len(preds[0]["prediction_ids"]) == 3
+  assert run_entry("export", ["--gin_file=gin_configs/runs/export.gin", *model_flags,
+                              f"--gin.EXPORT_DIR={tmp_path / 'exp'}"]) == 0
+  exported = traverse_util.flatten_dict(adapter_export.load_adapters(str(tmp_path / "exp" / "adapters.safetensors")))
+  trained = traverse_util.flatten_dict(final_state(run)["trainable"])  # the scanned vectors and routers
+  assert set(exported) == set(trained) and any("layers" in "/".join(k) for k in trained)
+  for k in trained:
+    np.testing.assert_array_equal(exported[k], np.asarray(trained[k]), err_msg="/".join(k))
