@@ -1,6 +1,5 @@
 """The gin entry point: flag parsing, bad input, paper presets, eval / infer / export
 (resuming: tests/training/test_resume.py)."""
-import json
 import os
 import subprocess
 import sys
@@ -105,36 +104,3 @@ def test_divergence_stops_before_any_checkpoint(tmp_path):
   assert not _leftovers(tmp_path / "run" / "checkpoints")
   assert not os.path.exists(tmp_path / "run" / "eval")
 
-
-MODEL_FILES = ["--gin_file=gin_configs/models/t5_1_1_tiny.gin", "--gin_file=gin_configs/methods/mov.gin"]
-
-
-def test_eval_infer_and_export_entry_points(run40, tmp_path):
-  ckpt = run40 / "checkpoints"
-  out = _run("moe_jax.eval", ["--gin_file=gin_configs/runs/eval.gin", *MODEL_FILES,
-                              f"--gin.CHECKPOINT_PATH={ckpt}", f"--gin.MODEL_DIR={tmp_path / 'ev'}",
-                              "--gin.EVAL_DATASETS=['super_glue_cb']", "--gin.EVAL_MAX_EXAMPLES_PER_TEMPLATE=2",
-                              "--gin.EVAL_FEATURE_LENGTHS={'inputs': 256, 'targets': 16}"])
-  assert out.returncode == 0, out.stderr[-2000:]
-  report = json.load(open(tmp_path / "ev" / "eval" / "zero_shot.json"))
-  assert [d["dataset"] for d in report["datasets"]] == ["super_glue_cb"]
-  assert all(t["examples"] == 2 for t in report["datasets"][0]["templates"])
-  assert "| super_glue_cb | 15 | 2 |" in out.stdout
-
-  inputs = tmp_path / "in.jsonl"
-  inputs.write_text('{"inputs": "Is this review positive? Great film."}\n{"inputs": "Summarise: a b c"}\n')
-  out = _run("moe_jax.infer", ["--gin_file=gin_configs/runs/infer.gin", *MODEL_FILES,
-                               f"--gin.CHECKPOINT_PATH={ckpt}", f"--gin.MODEL_DIR={tmp_path / 'inf'}",
-                               f"--gin.INFER_INPUTS={inputs}", "--gin.MAX_DECODE_LENGTH=4"])
-  assert out.returncode == 0, out.stderr[-2000:]
-  preds = [json.loads(l) for l in open(tmp_path / "inf" / "infer" / "predictions.jsonl")]
-  assert [p["inputs"] for p in preds] == ["Is this review positive? Great film.", "Summarise: a b c"]
-  assert all(len(p["prediction_ids"]) == 4 and isinstance(p["prediction"], str) for p in preds)
-
-  out = _run("moe_jax.export", ["--gin_file=gin_configs/runs/export.gin", *MODEL_FILES,
-                                f"--gin.CHECKPOINT_PATH={ckpt}", f"--gin.EXPORT_DIR={tmp_path / 'exp'}"])
-  assert out.returncode == 0, out.stderr[-2000:]
-  from moe_jax import adapter_export
-  adapters = adapter_export.load_adapters(str(tmp_path / "exp" / "adapters.safetensors"))
-  assert "encoder" in adapters and all("_adapter" in "/".join(k) for k in
-                                       __import__("flax").traverse_util.flatten_dict(adapters))

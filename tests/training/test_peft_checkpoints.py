@@ -181,17 +181,20 @@ def test_the_paper_path_scanned_rematerialised_peft_only_through_every_entry_poi
   model_flags = ["--gin_file=gin_configs/models/t5_1_1_tiny.gin", "--gin_file=gin_configs/methods/mov.gin",
                  "--gin.model.scan_layers=True", T5X_DIMS, f"--gin.CHECKPOINT_PATH={run / 'checkpoints'}"]
   assert run_entry("eval", ["--gin_file=gin_configs/runs/eval.gin", *model_flags, f"--gin.MODEL_DIR={tmp_path / 'ev'}",
-                            "--gin.EVAL_DATASETS=['super_glue_cb']", "--gin.EVAL_MAX_EXAMPLES_PER_TEMPLATE=1",
+                            "--gin.EVAL_DATASETS=['super_glue_cb']", "--gin.EVAL_MAX_EXAMPLES_PER_TEMPLATE=2",
                             "--gin.EVAL_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}"]) == 0
   report = json.load(open(tmp_path / "ev" / "eval" / "zero_shot.json"))
   assert [d["dataset"] for d in report["datasets"]] == ["super_glue_cb"]
+  assert all(t["examples"] == 2 for t in report["datasets"][0]["templates"])
+  assert "| super_glue_cb | 15 | 2 |" in capsys.readouterr().out  # the report table, all 15 templates
   inputs = tmp_path / "in.jsonl"
-  inputs.write_text('{"inputs": "Is this review positive? Great film."}\n')
+  inputs.write_text('{"inputs": "Is this review positive? Great film."}\n{"inputs": "Summarise: a b c"}\n')
   assert run_entry("infer", ["--gin_file=gin_configs/runs/infer.gin", *model_flags,
                              f"--gin.MODEL_DIR={tmp_path / 'inf'}", f"--gin.INFER_INPUTS={inputs}",
                              "--gin.MAX_DECODE_LENGTH=3"]) == 0
   preds = [json.loads(l) for l in open(tmp_path / "inf" / "infer" / "predictions.jsonl")]
-  assert len(preds) == 1 and len(preds[0]["prediction_ids"]) == 3
+  assert [p["inputs"] for p in preds] == ["Is this review positive? Great film.", "Summarise: a b c"]
+  assert all(len(p["prediction_ids"]) == 3 and isinstance(p["prediction"], str) for p in preds)
   assert run_entry("export", ["--gin_file=gin_configs/runs/export.gin", *model_flags,
                               f"--gin.EXPORT_DIR={tmp_path / 'exp'}"]) == 0
   exported = traverse_util.flatten_dict(adapter_export.load_adapters(str(tmp_path / "exp" / "adapters.safetensors")))
