@@ -10,6 +10,8 @@ from moe_jax import gin_utils
 
 def main() -> None:
   from moe_jax import evaluation
+  from moe_jax.data import user_tasks
+  user_tasks.register_tasks()  # before the evaluator is built: the user's tasks may add a suite
   evaluation.evaluate()
 
 

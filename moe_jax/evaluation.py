@@ -11,7 +11,6 @@ import jax
 from moe_jax import fs, plots, preemption, validation
 
 
-SUITES = ("t0_eval", "commonsense")
 
 
 class EvalProgress:
@@ -68,9 +67,11 @@ class ZeroShotEvaluator:
     validation.feature_lengths(s("feature_lengths"), feature_lengths)
     validation.positive_int(s("max_examples_per_template"), max_examples_per_template, allow_none=True)
     validation.positive_int(s("batch_size"), batch_size)
-    if suite not in SUITES:
-      raise ValueError(f"{s('suite')}: unknown eval suite {suite!r}{validation.close_matches(suite, SUITES)} "
-                       f"(known: {', '.join(SUITES)})")
+    from tasks import registration  # pylint: disable=import-outside-toplevel  (registers every task)
+    suites = registration.suite_names()  # the user's tasks can add suites (custom_tasks.py)
+    if suite not in suites:
+      raise ValueError(f"{s('suite')}: unknown eval suite {suite!r}{validation.close_matches(suite, suites)} "
+                       f"(known: {', '.join(suites)})")
     if datasets is not None:
       import tasks
       full = tasks.eval_suite(suite)
@@ -141,11 +142,13 @@ class ZeroShotEvaluator:
 def evaluate(checkpoint_path: str = gin.REQUIRED, evaluator=gin.REQUIRED) -> dict:
   """Loads a checkpoint (moe-jax run or HF directory) into the configured model and evaluates it."""
   from moe_jax import frozen_source, gin_utils, weights
-  import tasks  # noqa: F401  registers the seqio tasks
+  from moe_jax.data import user_tasks
+  user_tasks.register_tasks()
   validation.existing_path(validation.setting("evaluate", "checkpoint_path"), checkpoint_path)
   model = gin_utils.model()
   params = frozen_source.init_params(model, 0)  # the trainer's init program
-  params, fresh, _ = weights.load_initial(model, params, checkpoint_path)
+  params, fresh, step = weights.load_initial(model, params, checkpoint_path)
+  print(f"loaded {checkpoint_path}" + (f" at step {step}" if step is not None else ""))
   if fresh:
     print(f"note: {len(fresh)} parameters are not in {checkpoint_path} and keep their initialisation")
-  return evaluator(model, params, step=None)
+  return evaluator(model, params, step=step)

@@ -36,9 +36,16 @@ def model(preset: str = gin.REQUIRED, adapters=NO_ADAPTERS, dtype: str = "float3
 
 @gin.configurable
 def data_dir(path: Optional[str] = None) -> str:
-  """DATA_DIR macro -> the data directory every task reads (env var otherwise)."""
+  """DATA_DIR macro -> the data directory every task reads (env var otherwise).
+  A local one that does not exist is refused up front: found later, inside a
+  tf.data function, it reads as a missing dataset or an unknown task."""
+  setting = "DATA_DIR" if path else "MOE_JAX_DATA_DIR"
   if path:
     os.environ["MOE_JAX_DATA_DIR"] = fs.normalize(path)
+  chosen = os.environ.get("MOE_JAX_DATA_DIR")
+  if chosen and not fs.is_uri(chosen) and not os.path.isdir(chosen):  # buckets are checked when read
+    raise FileNotFoundError(f"{setting}={chosen}: no such directory" + (
+        "" if not os.path.exists(chosen) else " (it is a file)"))
   return paths.data_dir()
 
 
@@ -101,6 +108,21 @@ gin.config._FILE_READERS[:] = [  # pylint: disable=protected-access
     (reader, _never_raises(check)) for reader, check in gin.config._FILE_READERS]  # pylint: disable=protected-access
 
 
+_PARSED: list = []
+
+
+def parsed_files() -> list:
+  """The --gin_file paths of the last configure(), as found (for messages)."""
+  return list(_PARSED)
+
+
+def _located(name: str, search) -> str:
+  if os.path.isabs(name) or fs.is_uri(name):
+    return name
+  return next((fs.join(d, name) if d else name for d in ["", *search] if fs.isfile(fs.join(d, name) if d else name)),
+              name)
+
+
 def _find_gin_file(name: str, search) -> None:
   """A missing --gin_file is named with the places searched (gin would log each miss)."""
   if os.path.isabs(name) or fs.is_uri(name):
@@ -127,6 +149,7 @@ def configure(argv) -> None:
     raise ValueError("no --gin_file given")
   for f in files:
     _find_gin_file(f, search)
+  _PARSED[:] = [_located(f, search) for f in files]
   try:
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
   except (ValueError, KeyError, IOError, SyntaxError) as e:

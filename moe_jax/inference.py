@@ -241,7 +241,8 @@ def infer(checkpoint_path: str = gin.REQUIRED, model_dir: str = gin.REQUIRED, in
                ("max_decode_length", max_decode_length), ("num_beams", num_beams), ("batch_size", batch_size)):
     validation.positive_int(s(p), v)
   from moe_jax.data import vocab as vocab_lib
-  import tasks  # noqa: F401  registers the seqio tasks (and the data's domain ids)
+  from moe_jax.data import user_tasks
+  user_tasks.register_tasks()  # the seqio tasks (and the data's domain ids), the user's too
   model = gin_utils.model()
   rows = load_rows(inputs, split, max_examples)
   if not rows:

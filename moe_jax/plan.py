@@ -270,6 +270,23 @@ def _does_not_fit(cfg, slice_, step_name, need: str, have: str) -> str:
           f"reduce it with {_advice(cfg, slice_, step_name)}")
 
 
+def _check_user_tasks(cfg) -> None:
+  """With MIXTURE_OR_TASK_MODULE or CUSTOM_TASKS set, the modules import and
+  the run's task resolves (registering reads no data). Otherwise nothing is
+  imported: the planner needs no TensorFlow for moe-jax's own tasks."""
+  import gin
+  wanted = []
+  for macro in ("MIXTURE_OR_TASK_MODULE", "CUSTOM_TASKS"):
+    try:
+      wanted.append(gin.query_parameter(f"%{macro}"))
+    except ValueError:  # a configuration without the entry points' run files
+      pass
+  if any(wanted):
+    from moe_jax.data import registry, user_tasks
+    user_tasks.register_tasks()
+    registry.get_task_or_mixture(cfg("MIXTURE_OR_TASK_NAME"))
+
+
 def plan(slice_=None) -> dict:
   import gin
   import jax
@@ -279,6 +296,7 @@ def plan(slice_=None) -> dict:
   model = gin_utils.model()
   devices = slice_.devices() if slice_ is not None else jax.devices()
   mesh_shape = tuple(cfg("MESH_SHAPE"))
+  _check_user_tasks(cfg)
   partitioner = partitioning.Partitioner(partitioning.make_mesh(*mesh_shape, devices=devices),
                                          partitioning.rules(cfg("PARTITIONING_RULES")))
   programs = _programs(model, partitioner, cfg)

@@ -33,7 +33,8 @@ def _macro(name: str, default=None):
 
 
 def check_data(mixture: str) -> str:
-  import tasks  # noqa: F401  registers the tasks (reads no data)
+  from moe_jax.data import user_tasks
+  user_tasks.register_tasks()  # reads no data
   from moe_jax.data import inspect, sources
   sources.data_source()
   summary = inspect.report(mixture)

@@ -12,7 +12,8 @@ def main() -> None:
     import jax
     jax.distributed.initialize()  # TPU slices and SLURM are auto-detected
   from moe_jax import trainer
-  import tasks  # noqa: F401  registers the seqio tasks and mixtures
+  from moe_jax.data import user_tasks
+  user_tasks.register_tasks()  # moe-jax's tasks, then MIXTURE_OR_TASK_MODULE and CUSTOM_TASKS
   trainer.train(model=gin_utils.model())
 
 

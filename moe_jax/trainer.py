@@ -385,9 +385,10 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
 
 
 def _moa_domains(model):
-  """MoA: batches' data domain ids -> the model's domain indices; else identity."""
-  from moe_jax.peft import moa as moa_lib
-  return moa_lib.data_domains(model.adapters) if isinstance(model.adapters, moa_lib.MoA) else (lambda b: b)
+  """The method's host-side step on each batch (`batch_preparer`: MoA maps the
+  data's domain ids to its domain indices, MOELoRA checks task ids), else identity."""
+  prepare = getattr(model.adapters, "batch_preparer", None)
+  return prepare() if prepare else (lambda b: b)
 
 
 def _check_moa_domain(model, domain, trainable_regex) -> None:

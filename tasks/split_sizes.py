@@ -59,10 +59,32 @@ TRAIN_SIZES = {
     ("trec", None): 5_452,
 }
 
+# The datasets T0+ and T0++ add, from the same table (do_train GPT_EVAL; SGLUE).
+EXTRA_TRAIN_SIZES = {
+    # T0+ adds (do_train GPT_EVAL)
+    ("ai2_arc", "ARC-Challenge"): 1_119,
+    ("ai2_arc", "ARC-Easy"): 2_251,
+    ("trivia_qa", "unfiltered"): 87_622,
+    ("web_questions", None): 3_778,
+    ("squad_v2", None): 130_319,
+    ("openbookqa", "main"): 4_957,
+    ("race", "high"): 62_445,
+    ("race", "middle"): 25_421,
+    ("piqa", None): 16_113,
+    ("hellaswag", None): 39_905,
+    # T0++ adds (do_train SGLUE)
+    ("super_glue", "record"): 100_730,
+    ("super_glue", "boolq"): 9_427,
+    ("super_glue", "copa"): 400,
+    ("super_glue", "multirc"): 27_243,
+    ("super_glue", "wic"): 5_428,
+    ("super_glue", "wsc.fixed"): 554,
+}
+
 
 def train_size(dataset: str, subset) -> int:
   try:
-    return TRAIN_SIZES[(dataset, subset)]
+    return {**TRAIN_SIZES, **EXTRA_TRAIN_SIZES}[(dataset, subset)]
   except KeyError:
     name = dataset if subset is None else f"{dataset}/{subset}"
     raise KeyError(f"no published train size for {name} in tasks/split_sizes.py") from None

@@ -84,3 +84,30 @@ COMMONSENSE = [
 ]
 COMMONSENSE_EVAL_SPLIT = {"ai2_arc_ARC-Easy": "test", "ai2_arc_ARC-Challenge": "test",
                           "openbookqa_main": "test"}
+
+# T0+ and T0++ (Sanh et al. 2022): T0's mixture plus the datasets T0's table
+# marks do_train GPT_EVAL (T0+) and also SGLUE (T0++), with its categories.
+# Splits: train, plus the split the other suites score on, since these
+# specs replace theirs when registered (see tasks/registration.py).
+_EVAL_TOO = [("train", "train"), ("validation", "validation")]
+_TEST_TOO = [("train", "train"), ("test", "test")]
+T0_PLUS_EXTRA = [
+    _spec("ai2_arc", "ARC-Challenge", _TEST_TOO, "QA_closed_book"),
+    _spec("ai2_arc", "ARC-Easy", _TEST_TOO, "QA_closed_book"),
+    _spec("trivia_qa", "unfiltered", _TRAIN, "QA_closed_book"),
+    _spec("web_questions", None, _TRAIN, "QA_closed_book"),
+    _spec("squad_v2", None, _TRAIN, "QA_extractive"),
+    _spec("openbookqa", "main", _TEST_TOO, "QA_multiple_choice"),
+    _spec("race", "high", _TRAIN, "QA_multiple_choice"),
+    _spec("race", "middle", _TRAIN, "QA_multiple_choice"),
+    _spec("piqa", None, _EVAL_TOO, "QA_multiple_choice"),
+    _spec("hellaswag", None, _EVAL_TOO, "story_completion"),
+]
+T0_PLUS_PLUS_EXTRA = [
+    _spec("super_glue", "record", _TRAIN, "QA_extractive"),
+    _spec("super_glue", "boolq", _EVAL_TOO, "QA_multiple_choice"),
+    _spec("super_glue", "copa", _EVAL_TOO, "QA_multiple_choice"),
+    _spec("super_glue", "multirc", _TRAIN, "QA_multiple_choice"),
+    _spec("super_glue", "wic", _EVAL_TOO, "word_sense_disambiguation"),
+    _spec("super_glue", "wsc.fixed", _EVAL_TOO, "coreference"),
+]

@@ -44,6 +44,13 @@ class Ctx:
       (d / "rotten_tomatoes" / "_" / "train.jsonl").write_bytes(train_jsonl)
     return d
 
+  def module(self, source: str) -> str:
+    """A module of the user's that fails to import, on sys.path; its name."""
+    name = f"broken_tasks_{abs(hash(str(self.tmp)))}"
+    (self.tmp / f"{name}.py").write_text(source + "\n")
+    sys.path.insert(0, str(self.tmp))
+    return name
+
   def run_copy(self):
     shutil.copytree(self.small_run, self.out)
     return self.out
@@ -97,6 +104,24 @@ def zero_shot(extra=none):
 
 def param_count(*args):
   return lambda c: ["param_count", list(args)]
+
+
+def custom_task(binding: str, rows: bytes = b"", members: str = None):
+  """A gin-only task (moe_jax.data.custom_tasks) over rotten_tomatoes rows plus
+  `rows`, with one `template_task` binding under test; trained as a mixture
+  member when `members` is given."""
+  def build(c):
+    data = c.file("rows.jsonl", b"".join(GOOD[:2]) + rows)
+    gin = ["import moe_jax.data.custom_tasks",
+           "t/template_task.name = 'my_task'", f"t/template_task.files = {{'train': '{data}'}}",
+           "t/template_task.inputs = '{{text}}'", "t/template_task.targets = '{{answer_choices[label]}}'",
+           "t/template_task.answer_choices = 'bad ||| good'", f"t/template_task.{binding}",
+           "m/mixture.name = 'my_mix'", f"m/mixture.members = {members or {}}",
+           "CUSTOM_TASKS = [@t/template_task()" + (", @m/mixture()]" if members else "]")]
+    path = c.file("custom.gin", "\n".join(gin).encode())
+    return ["train", [*SMALL_TRAIN, f"--gin_file={path}", f"--gin.MODEL_DIR={c.out}",
+                      f"--gin.MIXTURE_OR_TASK_NAME={'my_mix' if members else 'my_task'}"]]
+  return build
 
 
 fixed = lambda *a: (lambda c: list(a))  # noqa: E731
@@ -182,6 +207,28 @@ CASES = {
     "extra field": (train_data(jsonl_rows(b'{"text": "fine", "label": 1, "note": "x"}\n')),
                     "train.jsonl:3: unexpected field 'note' (line 1 has ['label', 'text'])"),
     "dataset absent from the data dir": (train_data(None), "rotten_tomatoes: the jsonl source has no"),
+    # the first hour with one's own data and tasks (docs/own_tasks.md)
+    "DATA_DIR that does not exist": (train(fixed("--gin.DATA_DIR=/no/such/kit")),
+                                     "DATA_DIR=/no/such/kit: no such directory"),
+    "every row's field of another type than the schema's": (
+        train_data(b'{"text": 5, "label": 1}\n{"text": 6, "label": 0}\n'),
+        "train.jsonl:1: field 'text' is a number (5), but rotten_tomatoes's schema has a string there"),
+    "task module that is not importable": (train(fixed("--gin.MIXTURE_OR_TASK_MODULE=no_such_tasks")),
+                                           "MIXTURE_OR_TASK_MODULE: cannot import 'no_such_tasks' (is its directory "
+                                           "on PYTHONPATH?): ModuleNotFoundError"),
+    "task module that raises": (train(lambda c: [f"--gin.MIXTURE_OR_TASK_MODULE={c.module('raise KeyError(3)')}"]),
+                                "cannot import 'broken_tasks_"),
+    "custom task: Jinja syntax error": (custom_task("inputs = '{{text'"),
+                                        "custom.gin: template_task 'my_task': inputs template: Jinja syntax error "
+                                        "on its line 1"),
+    "custom task: a field no row has": (custom_task("inputs = 'Review: {{txt}}'"),
+                                        "custom.gin: template 'my_task' of task 'my_task' uses field 'txt', which "
+                                        "{tmp}/rows.jsonl lacks (fields: ['label', 'text'])"),
+    "custom task: an empty rendering": (custom_task("inputs = '{{text}}'", rows=b'{"text": "", "label": 1}\n'),
+                                        "rows.jsonl:3: template 'my_task' of task 'my_task' ({tmp}/custom.gin) "
+                                        "rendered empty inputs or targets"),
+    "custom mixture: unknown member": (custom_task("inputs = '{{text}}'", members="{'my_tsk': 1}"),
+                                       "mixture 'my_mix': unknown task or mixture 'my_tsk'; did you mean my_task"),
     # eval
     "eval: missing checkpoint": (evaluate(lambda c: [f"--gin.CHECKPOINT_PATH={c.tmp / 'nope'}"]),
                                  "CHECKPOINT_PATH="),

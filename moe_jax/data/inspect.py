@@ -1,10 +1,14 @@
-"""python -m moe_jax.data.inspect --mixture=t0_train   (or --task=NAME)
+"""python -m moe_jax.data.inspect --mixture=t0_train   (or --task=NAME) [--module=my_tasks ...]
 
 A table of the mixture's (or task's) datasets: templates (tasks), the rate of
 each task, and whether the current data source (MOE_JAX_DATA_SOURCE) can
 provide it, checked cheaply (files exist; hf: the builder resolves); then, as
 the last line, one JSON object: {"datasets", "tasks", "available", "missing"}
 (counts of datasets, tasks and available datasets; the missing datasets' names).
+`--module` (repeatable) imports a module that registers tasks first, as
+MIXTURE_OR_TASK_MODULE does for the gin entry points; a task registered
+outside moe-jax's datasets is listed under its own name, its availability
+checked by reading its first example.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ def _entries(mixture: str | None, task: str | None):
   import seqio
   from tasks import registration
   from moe_jax.data import registry
+  registry.ensure(mixture or task)  # T0+ / T0++: registered when named
   if mixture in registration.MIXTURES:
     split = "validation" if mixture.endswith("score_eval") else "train"
     return [(e.spec, e.tasks, e.rate, split) for e in registration.MIXTURES[mixture]]
@@ -28,8 +33,10 @@ def _entries(mixture: str | None, task: str | None):
   tasks_ = found.tasks if isinstance(found, seqio.Mixture) else [found]
   out = {}
   for t in tasks_:
-    if t.name not in by_name:
-      raise KeyError(f"{t.name} is not a P3 task of moe-jax's suites")
+    if t.name not in by_name:  # a task registered by the user's module
+      out[t.name] = (_ForeignTask(t), [t.name], found.get_rate(t) if isinstance(found, seqio.Mixture) else 1.0,
+                     "train" if "train" in t.splits else t.splits[0])
+      continue
     spec = by_name[t.name].spec
     rate = found.get_rate(t) if isinstance(found, seqio.Mixture) else 1.0
     split = "validation" if t.name.endswith("_score_eval") else "train"
@@ -39,17 +46,38 @@ def _entries(mixture: str | None, task: str | None):
   return list(out.values())
 
 
+class _ForeignTask:
+  """A seqio Task moe-jax did not build, shown like a dataset spec."""
+
+  def __init__(self, task):
+    self.task, self.key, self.kit = task, task.name, ()
+
+  def missing(self, split, names=()):
+    del names
+    try:
+      next(iter(self.task.get_dataset(split=split, shuffle=False, sequence_length=None)))
+    except Exception as e:  # pylint: disable=broad-except  whatever the user's source raises
+      return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   group = parser.add_mutually_exclusive_group(required=True)
   group.add_argument("--mixture")
   group.add_argument("--task")
+  parser.add_argument("--module", action="append", default=[],
+                      help="a module registering seqio tasks, imported first (MIXTURE_OR_TASK_MODULE)")
   args = parser.parse_args(argv)
-  import tasks  # noqa: F401  registers (no data read)
+  from moe_jax.data import user_tasks
   try:
+    user_tasks.register_tasks(modules=args.module)  # registers (no data read)
     summary = report(args.mixture, args.task)
   except KeyError as e:
     print(f"error: {e.args[0]}", file=sys.stderr)
+    return 2
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
   print(json.dumps(summary))
   return 0

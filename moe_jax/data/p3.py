@@ -40,6 +40,20 @@ class DatasetSpec:
   category: str  # domain (T0's task_by_convention)
   suffix: str = ""  # P3 name suffix, e.g. "_r1"
   kit: tuple[tuple[str, str], ...] = ()  # the JSONL kit's stand-in splits, where it lacks the real one
+  # A user's task (custom_tasks.py): its own source and files, templates and name.
+  source: Optional[str] = None  # e.g. "jsonl", "hf", "parquet:<dir>"; None: the configured DATA_SOURCE
+  files: tuple[tuple[str, str], ...] = ()  # (seqio split, JSONL file), for source "jsonl"
+  template_key: Optional[tuple[str, Optional[str]]] = None  # whose templates; None: (dataset, subset)
+  task_name: Optional[str] = None  # one template registered under this name (None: P3 names)
+  origin: Optional[str] = None  # where it was defined (a gin file), for messages
+
+  @property
+  def templates_key(self) -> tuple[str, Optional[str]]:
+    return self.template_key or (self.dataset, self.subset)
+
+  @property
+  def data_source(self) -> "sources.Source":
+    return sources.parse(self.source) if self.source else sources.current()
 
   @property
   def kit_splits(self) -> tuple[tuple[str, str], ...]:
@@ -50,13 +64,15 @@ class DatasetSpec:
     return self.dataset if self.subset is None else f"{self.dataset}/{self.subset}"
 
   def file(self, seqio_split: str) -> str:
-    """The JSONL kit's file behind a seqio split."""
+    """The JSONL kit's file behind a seqio split (or the task's own file)."""
+    if self.files:
+      return dict(self.files)[seqio_split]
     return jsonl.split_path(self.dataset, self.subset, dict(self.kit_splits)[seqio_split])
 
   def missing(self, seqio_split: Optional[str] = None, task_names=()) -> Optional[str]:
     """Why the current source cannot provide this dataset (None if it can)."""
     for split in [seqio_split] if seqio_split else [s for s, _ in self.splits]:
-      why = sources.current().missing(self, split, task_names)
+      why = self.data_source.missing(self, split, task_names)
       if why:
         return why
     return None
@@ -92,7 +108,7 @@ class _Renderer:
 
   def __init__(self, spec, template_name, score_eval, split):
     self.spec, self.template_name, self.score_eval, self.split = spec, template_name, score_eval, split
-    self.template = templates.dataset_templates(spec.dataset, spec.subset)[template_name]
+    self.template = templates.dataset_templates(*spec.templates_key)[template_name]
     self.ids = {"task_id": ids.task_id(spec.key), "domain_id": ids.domain_id(spec.category),
                 "template_id": ids.template_id(_p3_name(spec, template_name, False))}
     self._table = self.needed = self.where = None
@@ -100,12 +116,18 @@ class _Renderer:
   @property
   def table(self):
     if self._table is None:  # on first use, so registering and building read no data
-      source = sources.current()
-      self._table = source.table(self.spec, self.split)
-      first = self._table[0] if len(self._table) else {}
-      # The fields this template reads, as the first row spells the schema.
-      self.needed = templates.referenced_fields(self.template) & set(first)
+      source = self.spec.data_source
+      table = source.table(self.spec, self.split)
+      first = table[0] if len(table) else {}
       self.where = source.where(self.spec, self.split)
+      referenced = templates.referenced_fields(self.template)
+      # The fields this template reads, as the first row spells the schema.
+      self.needed = referenced & set(first)
+      undefined = sorted(referenced - set(first) - templates.PROVIDED)
+      if self.spec.origin and undefined:  # a user's template: a field no row has is a typo
+        raise jsonl.DataError(f"{self.spec.origin}: template {self.template_name!r} of task {self.spec.task_name!r} "
+                              f"uses field {undefined[0]!r}, which {self.where} lacks (fields: {sorted(first)})")
+      self._table = table
     return self._table
 
   def __call__(self, idx: int) -> list[dict]:
@@ -119,6 +141,9 @@ class _Renderer:
     except Exception as e:  # a template error names the row it failed on
       raise jsonl.DataError(f"{self.where}:{idx + 1}: template {self.template_name!r} failed: {e!r}") from e
     if rendered is None:
+      if self.spec.origin:  # a user's template renders every row (P3's guarded ones may skip)
+        raise jsonl.DataError(f"{self.where}:{idx + 1}: template {self.template_name!r} of task "
+                              f"{self.spec.task_name!r} ({self.spec.origin}) rendered empty inputs or targets")
       return []
     inputs, target, choices = rendered
     base = {"inputs": inputs, "idx": idx, **self.ids}
@@ -210,14 +235,14 @@ def _dataset_fn(spec, template_name, score_eval, split, shuffle_files=False, see
   shuffle_seed = None
   if shuffle_files:  # a per-task seed, so tasks of one dataset differ in order
     shuffle_seed = (0 if seed is None else int(seed)) * 1_000_003 + zlib.crc32(template_name.encode())
-  source = sources.current()
+  source = spec.data_source
   if not source.renders:
     return _released_examples(source.root, spec, template_name, score_eval, split, shuffle_seed)
   return _rendered_dataset(spec, template_name, score_eval, split, shuffle_seed)
 
 
 def _p3_name(spec, template_name, score_eval):
-  name = templates.task_name(spec.dataset, spec.subset, template_name, spec.suffix)
+  name = spec.task_name or templates.task_name(spec.dataset, spec.subset, template_name, spec.suffix)
   return f"{name}_score_eval" if score_eval else name
 
 
@@ -269,6 +294,11 @@ _SCORE_TASKS: dict[str, tuple[DatasetSpec, str]] = {}  # score-eval task name ->
 _TEMPLATES: dict[str, tuple[DatasetSpec, str]] = {}  # template (training task) name -> (spec, template)
 
 
+def is_moe_jax_task(name: str) -> bool:
+  """A task registered here (with the context features it needs)."""
+  return name in _TEMPLATES or name in _SCORE_TASKS
+
+
 def is_score_task(name: str) -> bool:
   return name in _SCORE_TASKS
 
@@ -284,7 +314,7 @@ def sample_score_rows(name: str, split: str, num_examples: int, seed: int = SUBS
   spec, template = _SCORE_TASKS[name]
   if split not in dict(spec.splits):
     raise ValueError(f"{name} has no split {split!r}; splits: {[s for s, _ in spec.splits]}")
-  source = sources.current()
+  source = spec.data_source
   if not source.renders:
     return _sample_released(source.root, spec, template, split, num_examples, seed)
   v = vocab.t5_vocabulary()
@@ -327,15 +357,18 @@ class RegisteredTask:
   score_eval: Optional[str]  # name of the rank-classification task, if any
 
 
-def register(spec: DatasetSpec, *, original_task_only: bool = False) -> list[RegisteredTask]:
-  """Registers the Tasks of every (or every original-task) template of `spec`."""
+def register(spec: DatasetSpec, *, original_task_only: bool = False,
+             only: Optional[list] = None) -> list[RegisteredTask]:
+  """Registers the Tasks of every (or every original-task, or `only` these)
+  template of `spec`."""
   out = []
-  tpl = templates.dataset_templates(spec.dataset, spec.subset)
+  tpl = templates.dataset_templates(*spec.templates_key)
   ids.task_id(spec.key)
   ids.domain_id(spec.category)
   features = vocab.output_features(_LazyVocab())
   splits = [s for s, _ in spec.splits]
-  for template_name in templates.template_names(spec.dataset, spec.subset, original_task_only):
+  names = templates.template_names(*spec.templates_key, original_task_only)
+  for template_name in (names if only is None else [n for n in names if n in only]):
     name = _p3_name(spec, template_name, False)
     _TEMPLATES[name] = (spec, template_name)
     ids.template_id(name)
@@ -355,7 +388,7 @@ def instruction_text(template_task: str) -> str:
   """A template's instruction: its prompt's literal text, with the Jinja
   fields and control blocks (the example's content) left out."""
   spec, template_name = _TEMPLATES[template_task]
-  source = templates.dataset_templates(spec.dataset, spec.subset)[template_name].jinja
+  source = templates.dataset_templates(*spec.templates_key)[template_name].jinja
   prompt = source.split("|||")[0]
   prompt = re.sub(r"{%.*?%}|{{.*?}}|{#.*?#}", " ", prompt, flags=re.S)
   text = " ".join(prompt.split())

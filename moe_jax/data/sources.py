@@ -107,7 +107,10 @@ class Source:
         raise UnavailableDataError(f"{spec.hf_name}: the jsonl source has no {path} "
                                 f"(data dir {fs.dirname(fs.dirname(fs.dirname(path)))}; "
                                 f"set MOE_JAX_DATA_DIR, choose another {SOURCE_ENV}, or {SKIP_ENV}=1)")
-      return jsonl.table(path)
+      rows = jsonl.table(path)
+      if not spec.files:  # the kit's own files follow the HF schema
+        _check_schema(rows, path, spec.dataset, spec.subset)
+      return rows
     if self.kind == "hf":
       return _hf_split(spec, split)  # Arrow-backed: rows are read when indexed
     if self.kind == "parquet":
@@ -131,6 +134,21 @@ class Source:
       absent = [t for t in task_names if not p3_release.has_split(self.root, t, seqio_split)]
       return f"no {seqio_split} split of {len(absent)} P3 task(s) under {self.root}, e.g. {absent[0]}" if absent else None
     return _hf_missing(spec.dataset, spec.subset, split)
+
+
+def _check_schema(rows, path, dataset, subset) -> None:
+  from moe_jax.data import schemas
+  key = (id(rows), path, dataset, subset)
+  if key in _SCHEMA_CHECKED:
+    return
+  try:
+    schemas.check(rows, path, dataset, subset)
+  except ValueError as e:
+    raise DataError(str(e)) from None
+  _SCHEMA_CHECKED.add(key)
+
+
+_SCHEMA_CHECKED: set = set()
 
 
 def _hf_module():

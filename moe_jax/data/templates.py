@@ -7,8 +7,37 @@ import warnings
 from typing import Optional
 
 
-@functools.lru_cache(maxsize=None)
-def dataset_templates(dataset: str, subset: Optional[str]):
+_CUSTOM: dict = {}  # (dataset, subset) -> CustomTemplates, for tasks written in gin (custom_tasks.py)
+
+
+class CustomTemplates:
+  """A user's templates for a dataset, shaped like promptsource's DatasetTemplates."""
+
+  def __init__(self, templates_: dict):
+    self.templates = dict(templates_)
+
+  @property
+  def all_template_names(self) -> list[str]:
+    return list(self.templates)
+
+  def __getitem__(self, name):
+    return self.templates[name]
+
+
+def add_custom(dataset: str, subset: Optional[str], name: str, inputs: str, targets: str,
+               answer_choices: Optional[str] = None):
+  """A template written as two Jinja strings (promptsource's own Template class,
+  so it renders exactly as P3's do: `inputs ||| targets`, `answer_choices`
+  separated by `|||`)."""
+  _import_promptsource()
+  from promptsource.templates import Template
+  template = Template(name, f"{inputs} ||| {targets}", "", answer_choices=answer_choices)
+  template.metadata.original_task = True  # the user's own task: its templates are the task
+  _CUSTOM.setdefault((dataset, subset), CustomTemplates({})).templates[name] = template
+  return template
+
+
+def _import_promptsource():
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # promptsource imports pkg_resources
     try:
@@ -19,6 +48,19 @@ def dataset_templates(dataset: str, subset: Optional[str]):
           "--ignore-requires-python promptsource==0.2.3` and `pip install 'setuptools<81'` "
           "(`make venv` does both)") from e
   _cache_compiled_jinja()
+  return DatasetTemplates
+
+
+def dataset_templates(dataset: str, subset: Optional[str]):
+  """A dataset's templates: the user's (custom_tasks.py) or promptsource's."""
+  if (dataset, subset) in _CUSTOM:
+    return _CUSTOM[(dataset, subset)]
+  return _promptsource_templates(dataset, subset)
+
+
+@functools.lru_cache(maxsize=None)
+def _promptsource_templates(dataset: str, subset: Optional[str]):
+  DatasetTemplates = _import_promptsource()
   key = dataset if subset is None else f"{dataset}/{subset}"
   templates = DatasetTemplates(dataset, subset)
   if not templates.all_template_names:
@@ -47,6 +89,17 @@ def task_name(dataset: str, subset: Optional[str], template: str, suffix: str = 
   """P3 / T0 naming: dataset_subset_template, runs of other characters -> '_'."""
   name = dataset + (f"_{subset}_" if subset else "_") + template + suffix
   return re.sub(r"[^\w\d\._]+", "_", name)
+
+
+def jinja_environment():
+  """promptsource's Jinja environment (its filters, e.g. `choice`)."""
+  _import_promptsource()
+  from promptsource.templates import env
+  return env
+
+
+# Names promptsource's apply() defines besides the row's fields.
+PROVIDED = frozenset({"answer_choices"})
 
 
 @functools.lru_cache(maxsize=None)

@@ -265,6 +265,10 @@ class MoA(sites.Adapters):
     if len(set(self.domains)) != len(self.domains) or not self.domains:
       raise ValueError(f"MoA domains must be non-empty and distinct: {self.domains}")
 
+  def batch_preparer(self):
+    """Host-side, per batch: the data's domain ids as indices into `domains`."""
+    return data_domains(self)
+
   def layer_hook(self, info, name):
     # majority/last are resolved to a given domain_id by route_by_vote.
     mode = "given" if self.mode in ("majority", "last") else self.mode

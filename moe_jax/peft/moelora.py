@@ -21,6 +21,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
 from moe_jax.peft import sites
@@ -114,6 +115,23 @@ class MOELoRA(sites.Adapters):
   @property
   def scale(self) -> float:
     return self.alpha / self.rank
+
+  def batch_preparer(self):
+    """Checks each batch's task ids against the gate's table on the host: an id
+    past its end would be clamped to the last row inside jit, silently."""
+    def check(batch):
+      task_ids = np.asarray(batch.get("task_id", -1))
+      if task_ids.size and int(task_ids.max()) >= self.num_tasks:
+        from moe_jax.data import ids  # pylint: disable=import-outside-toplevel  (TF-free, but data-side)
+        worst = int(task_ids.max())
+        try:
+          name = ids.name_of("task_ids", worst)
+        except KeyError:
+          name = "?"
+        raise ValueError(f"MOELoRA.num_tasks={self.num_tasks}, but the data has task_id {worst} ({name}); "
+                         f"set MOELoRA.num_tasks to more than the largest task id (ids.json in MODEL_DIR)")
+      return batch
+    return check
 
   def gate(self, name=None) -> TaskGate:
     return TaskGate(self.num_tasks, self.task_dim, self.num_experts, self.top_k, self.gate_init,

@@ -186,7 +186,9 @@ def test_the_paper_path_scanned_rematerialised_peft_only_through_every_entry_poi
   report = json.load(open(tmp_path / "ev" / "eval" / "zero_shot.json"))
   assert [d["dataset"] for d in report["datasets"]] == ["super_glue_cb"]
   assert all(t["examples"] == 2 for t in report["datasets"][0]["templates"])
-  assert "| super_glue_cb | 15 | 2 |" in capsys.readouterr().out  # the report table, all 15 templates
+  out = capsys.readouterr().out
+  assert "| super_glue_cb | 15 | 2 |" in out  # the report table, all 15 templates
+  assert "zero-shot evaluation at step 4:" in out and report["step"] == 4  # the step it loaded
   inputs = tmp_path / "in.jsonl"
   inputs.write_text('{"inputs": "Is this review positive? Great film."}\n{"inputs": "Summarise: a b c"}\n')
   assert run_entry("infer", ["--gin_file=gin_configs/runs/infer.gin", *model_flags,
