@@ -100,7 +100,7 @@ def prepare(pkg, config, method: str, batch, devices=None):
     params = model.init(jax.random.key(0))
     mask = trainable_lib.trainable_mask(params, regex)
     trainable, frozen = trainer.split_params(params, mask)
-    axes = trainer._subtree(model.param_logical_axes(), trainable)
+    axes = trainer.subtree(model.param_logical_axes(), trainable)
     part = partitioning.Partitioner(partitioning.make_mesh(-1, 1, devices=devices))
     step = trainer.TrainStep(model, part, axes, learning_rate=1e-3)
     state = {}

@@ -46,8 +46,7 @@ def _task_ids(checkpoint_path: str) -> dict:
 
 def check_merge(model, task_ids: dict, merge_tasks: Sequence[str]) -> None:
   """MERGE_TASKS needs a MOELoRA model and names tasks of the run."""
-  from moe_jax.peft import MOELoRA
-  if not isinstance(model.adapters, MOELoRA):
+  if not model.adapters.merges_per_task:
     raise ValueError(f"MERGE_TASKS needs a MOELoRA model; this one uses {type(model.adapters).__name__}")
   unknown = [t for t in merge_tasks if t not in task_ids]
   if unknown:

@@ -29,8 +29,7 @@ from flax import traverse_util
 from moe_jax import fs
 
 
-class CheckpointError(ValueError):
-  pass
+from moe_jax.errors import CheckpointError  # noqa: E402  one class for every checkpoint kind
 
 
 def directory_of(model_dir: str) -> str:

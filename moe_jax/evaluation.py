@@ -95,8 +95,7 @@ class ZeroShotEvaluator:
     suite = self.suite()
     table = routing_embeddings.for_run(model, params, self.model_dir) if routing_embeddings.needed(
         model.adapters) else None
-    from moe_jax.trainer import _moa_domains
-    domains = _moa_domains(model)  # MoA: data domain ids -> the model's domain indices
+    domains = model.adapters.batch_preparer()  # e.g. MoA: data domain ids -> the model's domain indices
     with_context = ((lambda b: domains(routing_embeddings.attach(b, table))) if table is not None
                     else domains)
     progress = EvalProgress(suite)
@@ -141,11 +140,12 @@ class ZeroShotEvaluator:
 @gin.configurable
 def evaluate(checkpoint_path: str = gin.REQUIRED, evaluator=gin.REQUIRED) -> dict:
   """Loads a checkpoint (moe-jax run or HF directory) into the configured model and evaluates it."""
-  from moe_jax import frozen_source, gin_utils, weights
+  from moe_jax import frozen_source, weights
+  from moe_jax.models.configured import model as configured_model
   from moe_jax.data import user_tasks
   user_tasks.register_tasks()
   validation.existing_path(validation.setting("evaluate", "checkpoint_path"), checkpoint_path)
-  model = gin_utils.model()
+  model = configured_model()
   params = frozen_source.init_params(model, 0)  # the trainer's init program
   params, fresh, step = weights.load_initial(model, params, checkpoint_path)
   print(f"loaded {checkpoint_path}" + (f" at step {step}" if step is not None else ""))

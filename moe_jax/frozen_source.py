@@ -34,6 +34,7 @@ import numpy as np
 from flax import traverse_util
 
 from moe_jax import fs
+from moe_jax.errors import CheckpointError
 from moe_jax.models.layer_stack import SCANNED_NAME
 
 FILE = "frozen_source.json"
@@ -51,15 +52,15 @@ L1_RTOL = 1e-4
 CHUNK = 1 << 20  # elements converted to float64 at a time (8 MB; bounds the host memory used)
 
 
-class FrozenSourceError(ValueError):
-  pass
+class FrozenSourceError(CheckpointError):
+  """The backbone a PEFT-only run recorded cannot be rebuilt as it was."""
 
 
 def init_params(model, seed: int, shardings=None):
   """The model's freshly initialised parameters, jitted (each device creates
   only its shards when `shardings` is given). The values do not depend on the
   sharding, so the trainer, eval and export rebuild the same backbone."""
-  init_batch = model._dummy_batch()
+  init_batch = model.dummy_batch()
   kwargs = {} if shardings is None else {"out_shardings": shardings}
   return jax.jit(lambda r: model.init(r, init_batch), **kwargs)(jax.random.key(seed))
 

@@ -11,27 +11,11 @@ from moe_jax import quiet  # noqa: F401  before TensorFlow is imported
 
 import gin
 
-from moe_jax import fs, paths, preemption, validation
-from moe_jax.models import build_model, get_preset
-from moe_jax.peft import NO_ADAPTERS, register_with_gin
+from moe_jax import errors, fs, paths, preemption, validation
+from moe_jax.models.configured import model  # noqa: F401  the run's model, bound by the gin files
+from moe_jax.peft import register_with_gin
 
 REPO_GIN_DIR = os.path.join(paths.REPO_ROOT, "gin_configs")
-
-
-@gin.configurable
-def model(preset: str = gin.REQUIRED, adapters=NO_ADAPTERS, dtype: str = "float32",
-          param_dtype: str = "float32", dropout_rate: float = 0.0, z_loss: float = 1e-4,
-          loss_normalizing_factor: str = "num_real_target_tokens", config_overrides: Optional[dict] = None,
-          scan_layers: Optional[bool] = None, remat_policy: str = "none"):
-  """The run's model: a backbone preset, its dtypes and dropout, and a PEFT method.
-
-  `param_dtype` is the backbone's (adapters and routers always keep float32);
-  `scan_layers` None keeps the preset's choice.
-  """
-  layout = {} if scan_layers is None else {"scan_layers": scan_layers}
-  config = get_preset(preset, dtype=dtype, param_dtype=param_dtype, dropout_rate=dropout_rate,
-                      remat_policy=remat_policy, **layout, **(config_overrides or {}))
-  return build_model(config, adapters, z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor)
 
 
 @gin.configurable
@@ -108,14 +92,6 @@ gin.config._FILE_READERS[:] = [  # pylint: disable=protected-access
     (reader, _never_raises(check)) for reader, check in gin.config._FILE_READERS]  # pylint: disable=protected-access
 
 
-_PARSED: list = []
-
-
-def parsed_files() -> list:
-  """The --gin_file paths of the last configure(), as found (for messages)."""
-  return list(_PARSED)
-
-
 def _located(name: str, search) -> str:
   if os.path.isabs(name) or fs.is_uri(name):
     return name
@@ -149,7 +125,7 @@ def configure(argv) -> None:
     raise ValueError("no --gin_file given")
   for f in files:
     _find_gin_file(f, search)
-  _PARSED[:] = [_located(f, search) for f in files]
+  paths.GIN_FILES[:] = [_located(f, search) for f in files]
   try:
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
   except (ValueError, KeyError, IOError, SyntaxError) as e:
@@ -200,10 +176,6 @@ def run(main_fn, argv=None) -> int:
   `error: ...` and give status 2, divergence 1, a stop signal (SIGTERM,
   SIGINT) one line and `preemption.EXIT_CODE` (75), anything else a
   traceback and 1."""
-  from moe_jax.checkpoints import CheckpointError
-  from moe_jax.data.jsonl import DataError
-  from moe_jax.models.hf import CheckpointError as HFCheckpointError
-  from moe_jax.trainer import TrainingError
   argv = sys.argv[1:] if argv is None else argv
   quiet.import_tensorflow()
   try:
@@ -213,12 +185,9 @@ def run(main_fn, argv=None) -> int:
   except preemption.Stopped as e:
     print(one_line(e), file=sys.stderr, flush=True)
     return preemption.EXIT_CODE
-  except TrainingError as e:
-    print(f"error: {one_line(e)}", file=sys.stderr)
-    return 1
-  except (ValueError, KeyError, OSError, CheckpointError, HFCheckpointError, DataError) as e:
+  except (errors.MoeJaxError, ValueError, KeyError, OSError) as e:  # one line; the status by kind
     print(f"error: {error_message(e)}", file=sys.stderr)
-    return 2
+    return errors.exit_code(e)
   except Exception as e:  # tf.data wraps our DataError in its own exception types
     if "DataError" in str(e):
       msg = next(l for l in str(e).splitlines() if "DataError" in l)

@@ -108,7 +108,7 @@ class Prompts:
   """Rows made ready for decoding: token ids (unpadded) and per-row features."""
   tokens: list[list[int]]
   task_ids: np.ndarray  # [N] int32
-  domain_ids: Optional[np.ndarray]  # [N] int32 indices into MoA.domains; None: not an MoA
+  features: dict  # per-row batch features the method reads from the rows (e.g. MoA's domain_id)
 
 
 def tokenize(rows, vocab, inputs_length: int) -> list[list[int]]:
@@ -122,7 +122,7 @@ def prepare(model, rows, vocab, inputs_length: int) -> Prompts:
   tokens = tokenize(rows, vocab, inputs_length)
   _check_vocabulary(model.config, vocab, tokens)
   task_ids = np.array([r.get("task_id", 0) for r in rows], np.int32)
-  return Prompts(tokens, task_ids, moa_domain_ids(model.adapters, rows))
+  return Prompts(tokens, task_ids, model.adapters.row_features(rows))
 
 
 def _check_vocabulary(config, vocab, tokens) -> None:
@@ -132,31 +132,6 @@ def _check_vocabulary(config, vocab, tokens) -> None:
       raise ValueError(f"row {i + 1}: token id {max(toks)} is outside the model's vocabulary of "
                        f"{config.vocab_size} ids; prompts use the T5 vocabulary ({vocab.vocab_size} ids), as "
                        "training does (e.g. --gin.model.config_overrides=\"{'vocab_size': 32128}\")")
-
-
-def moa_domain_ids(adapters, rows) -> Optional[np.ndarray]:
-  """MoA: each row's index into `adapters.domains`, matched by name (None for
-  other methods). Only `given` routing reads it; the other modes' routers
-  choose, so they get zeros and ignore the rows' domains, as in training."""
-  from moe_jax.peft import moa
-  if not isinstance(adapters, moa.MoA):
-    return None
-  if adapters.mode != "given":
-    return np.zeros(len(rows), np.int32)
-  return np.array([_domain_index(adapters.domains, i, r.get("domain")) for i, r in enumerate(rows)], np.int32)
-
-
-def _domain_index(domains, i: int, name: Optional[str]) -> int:
-  if name is None:
-    if len(domains) == 1:
-      return 0
-    raise ValueError(f"row {i + 1} names no domain, and MoA routes by the given domain: add a 'domain' field "
-                     f"(one of MoA.domains {list(domains)})")
-  if name not in domains:
-    from moe_jax import validation
-    raise ValueError(f"MoA has no LoRA for domain {name!r} (row {i + 1}; MoA.domains: {list(domains)})"
-                     f"{validation.close_matches(name, domains)}")
-  return domains.index(name)
 
 
 def _prompt_batch(config, tokens) -> dict:
@@ -170,31 +145,17 @@ def _prompt_batch(config, tokens) -> dict:
   return {"encoder_input_tokens": padded}
 
 
-def _with_domains(model, params, batch: dict, domain_ids: Optional[np.ndarray]) -> dict:
-  """MoA: the batch's `domain_id`; majority/last voting runs the routers on the prompts first."""
-  if domain_ids is None:
-    return batch
-  from moe_jax.peft import moa
-  batch = dict(batch, domain_id=domain_ids)
-  if model.adapters.mode not in ("majority", "last"):
-    return batch
-  probe = batch
-  if model.config.family != "decoder":  # a T5 pass needs decoder tokens; routers read the prompt only
-    probe = dict(batch, decoder_input_tokens=np.zeros((len(domain_ids), 1), np.int32))
-  return dict(batch, domain_id=np.asarray(moa.route_by_vote(model, params, probe, model.adapters.mode)["domain_id"]))
-
-
 def decode(model, params, prompts: Prompts, *, max_decode_length=64, num_beams=1, batch_size=8) -> list[list[int]]:
   """Decoded token ids per row. MOELoRA: one merged plain backbone per task."""
-  from moe_jax.peft import MOELoRA
-  if isinstance(model.adapters, MOELoRA):
+  if model.adapters.merges_per_task:
     return _decode_merged(model, params, prompts, max_decode_length=max_decode_length, num_beams=num_beams,
                           batch_size=batch_size)
   preds = np.zeros((len(prompts.tokens), max_decode_length), np.int32)
   for start in range(0, len(prompts.tokens), batch_size):
     sel = np.arange(start, min(start + batch_size, len(prompts.tokens)))
     batch = dict(_prompt_batch(model.config, [prompts.tokens[i] for i in sel]), task_id=prompts.task_ids[sel])
-    batch = _with_domains(model, params, batch, None if prompts.domain_ids is None else prompts.domain_ids[sel])
+    batch.update({k: v[sel] for k, v in prompts.features.items()})
+    batch = model.adapters.decode_batch(model, params, batch)
     preds[sel] = np.asarray(model.predict_batch(params, batch, max_decode_length=max_decode_length,
                                                 num_beams=num_beams))
   return preds.tolist()

@@ -19,6 +19,10 @@ def t5_vocab_path() -> str:
   return fs.join(data_dir(), "t5_vocab", "spiece.model")
 
 
+# The --gin_file paths of the last configuration parsed, as found (for messages
+# that name the file a setting came from); set by gin_utils.configure.
+GIN_FILES: list = []
+
 VOCAB_ENV = "MOE_JAX_VOCABULARY"
 # t5.data.DEFAULT_SPM_PATH, the default of t5x and seqio: 32,000 pieces (cc_all.32000).
 PUBLIC_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"

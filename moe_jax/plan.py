@@ -154,7 +154,7 @@ def _programs(model, partitioner, cfg) -> dict:
   shapes, axes = nn.unbox(variables)["params"], nn.get_partition_spec(variables)["params"]
   mask = trainable_mask(shapes, cfg("TRAINABLE_REGEX", None))
   t_shapes, f_shapes = trainer.split_params(shapes, mask)
-  t_axes, f_axes = trainer._subtree(axes, t_shapes), trainer._subtree(axes, f_shapes)
+  t_axes, f_axes = trainer.subtree(axes, t_shapes), trainer.subtree(axes, f_shapes)
   step = trainer.TrainStep(model, partitioner, t_axes, cfg("LEARNING_RATE"), cfg("DECAY_RATE"),
                            cfg("GRAD_ACCUM_STEPS"), cfg("ADAFACTOR_STEP_OFFSET") or 0)
   extra = ("routing_embedding",) if routing_embeddings.needed(model.adapters) else ()

@@ -6,12 +6,12 @@ import numpy as np
 from flax import traverse_util
 
 from moe_jax.models import layer_layout
-from moe_jax.peft import sites
+from moe_jax import adapters as sites
 
 
 def router_probabilities(model, params, batch) -> dict[str, np.ndarray]:
   """{router path: mean expert probabilities [E]} over the batch's examples."""
-  _, stats = model._apply(params, batch, mutable=(sites.ROUTER_STATS_COLLECTION,))
+  _, stats = model.apply_with_state(params, batch, mutable=(sites.ROUTER_STATS_COLLECTION,))
   flat = traverse_util.flatten_dict(layer_layout.unstack_layers(stats.get(sites.ROUTER_STATS_COLLECTION, {})))
   out = {}
   for path, value in flat.items():

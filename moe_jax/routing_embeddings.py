@@ -36,7 +36,7 @@ def needed(adapters) -> bool:
 def _backbone(params):
   from flax import traverse_util
 
-  from moe_jax.peft.trainable import is_adapter_path
+  from moe_jax.adapters import is_adapter_path
   flat = traverse_util.flatten_dict(params)
   return traverse_util.unflatten_dict({k: v for k, v in flat.items() if not is_adapter_path(k)})
 

@@ -27,8 +27,7 @@ from moe_jax.models.api import BaseModel
 from moe_jax.peft.trainable import trainable_mask
 
 
-class TrainingError(RuntimeError):
-  pass
+from moe_jax.errors import TrainingError  # noqa: E402
 
 
 def split_params(params, mask):
@@ -43,7 +42,7 @@ def merge_params(trainable, frozen):
                                        **traverse_util.flatten_dict(trainable)})
 
 
-def _subtree(tree, like):
+def subtree(tree, like):
   """The leaves of `tree` at the paths present in `like`."""
   flat = traverse_util.flatten_dict(tree)
   return traverse_util.unflatten_dict({k: flat[k] for k in traverse_util.flatten_dict(like)})
@@ -209,7 +208,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   source = registry.get_task_or_mixture(mixture_or_task_name)
   holds = _check_same_run(model_dir, model)
   if moa_train_domain is not None:
-    _check_moa_domain(model, moa_train_domain, trainable_regex)
+    model.adapters.train_slice(moa_train_domain, {}, trainable_regex)  # checked before anything is built
   partitioner = partitioning.Partitioner(partitioning.make_mesh(*mesh_shape),
                                          partitioning.rules(partitioning_rules))
 
@@ -222,7 +221,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     initial_checkpoint_path = recorded["initial_checkpoint_path"]  # the backbone this run trains
     print(f"frozen backbone from {initial_checkpoint_path}, as {fs.join(model_dir, frozen_source.FILE)} "
           "records")
-  axes = model.param_logical_axes(model._dummy_batch())
+  axes = model.param_logical_axes(model.dummy_batch())
   with partitioner.context():  # each device creates only its own shards
     params = frozen_source.init_params(model, seed, partitioner.param_shardings(axes))
   initial_step = None  # the step the initial checkpoint records (T5X: pre-training steps)
@@ -233,13 +232,12 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   update_filter = None
   if moa_train_domain is None:
     mask = trainable_mask(params, trainable_regex)
+    trainable, frozen = split_params(params, mask)
   else:
-    from moe_jax.peft import moa as moa_lib
-    mask = traverse_util.unflatten_dict({k: moa_lib.is_domain_lora(k) for k in traverse_util.flatten_dict(params)})
-  trainable, frozen = split_params(params, mask)
-  if moa_train_domain is not None:
-    update_filter = moa_lib.domain_slice_only(model.adapters.domains.index(moa_train_domain), trainable)
-  trainable_axes, frozen_axes = _subtree(axes, trainable), _subtree(axes, frozen)
+    mask, slice_filter = model.adapters.train_slice(moa_train_domain, params, trainable_regex)
+    trainable, frozen = split_params(params, mask)
+    update_filter = slice_filter(trainable)
+  trainable_axes, frozen_axes = subtree(axes, trainable), subtree(axes, frozen)
   step_offset = adafactor_step_offset if adafactor_step_offset is not None else (initial_step or 0)
   print(f"Adafactor step offset {step_offset}: the first update's second-moment decay is "
         f"{optim.decay_rate_at(1, decay_rate, step_offset):.6g}")
@@ -326,7 +324,7 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
     print(f"instruction embeddings for {len(routing_table)} templates in {model_dir}")
   logger = metrics.Logger(model_dir, total_steps=train_steps, batch_size=batch_size, start_step=step,
                           kept_lines=logged, write=lead)
-  to_model_domains = _moa_domains(model)
+  to_model_domains = model.adapters.batch_preparer()  # e.g. MoA: data domain ids -> its domain indices
   rng = jax.random.key(seed + 1)
   last = {}
 
@@ -384,26 +382,6 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
   return last
 
 
-def _moa_domains(model):
-  """The method's host-side step on each batch (`batch_preparer`: MoA maps the
-  data's domain ids to its domain indices, MOELoRA checks task ids), else identity."""
-  prepare = getattr(model.adapters, "batch_preparer", None)
-  return prepare() if prepare else (lambda b: b)
-
-
-def _check_moa_domain(model, domain, trainable_regex) -> None:
-  from moe_jax.peft import moa as moa_lib
-  if not isinstance(model.adapters, moa_lib.MoA):
-    raise ValueError(f"MOA_TRAIN_DOMAIN={domain!r} needs the MoA method; this run uses "
-                     f"{type(model.adapters).__name__}")
-  if domain not in model.adapters.domains:
-    raise ValueError(f"MOA_TRAIN_DOMAIN={domain!r} is not one of MoA.domains {list(model.adapters.domains)}"
-                     f"{validation.close_matches(domain, model.adapters.domains)}")
-  if trainable_regex is not None:
-    raise ValueError("set TRAINABLE_REGEX or MOA_TRAIN_DOMAIN, not both (MOA_TRAIN_DOMAIN trains that "
-                     "domain's LoRA slices only)")
-
-
 def is_lead_process() -> bool:
   """Whether this process writes the run's files (metrics, reports, run.json)."""
   return jax.process_index() == 0
@@ -419,8 +397,3 @@ def _check_finite(m, step, last_saved):
           else "non-finite parameters after the update")
   raise TrainingError(f"training diverged at step {step}: {what}; nothing was saved for this step "
                       f"(last checkpoint: {last_saved if last_saved is not None else 'none'})")
-
-
-def _load_initial(model, params, path):
-  """Kept for callers of the older name: `weights.load_initial`."""
-  return weights.load_initial(model, params, path)

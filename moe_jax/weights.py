@@ -44,13 +44,13 @@ def load_run_checkpoint(model, params, path: str):
   from that source (seeded init, then its initial checkpoint), checked, and
   the trained parameters are laid over it."""
   from moe_jax.models import layer_layout
-  _check_moa_domain_order(model, checkpoints.step_dir_of(path))  # before anything is read
+  model.adapters.check_restore(checkpoints.step_dir_of(path))  # before anything is read
   sharded = checkpoints.restore_params_like(path, params)  # same layout: straight into the shards
   step_dir, state = sharded if sharded else checkpoints.load_state_at(path)
   step = int(state["step"])
   if "frozen" in state:
-    source = _grow_moa_domains(model, layer_layout.match_layout(checkpoints.params_of(state), params), params,
-                               step_dir)
+    source = model.adapters.adapt_restored(layer_layout.match_layout(checkpoints.params_of(state), params),
+                                           params, step_dir)
     params, fresh = checkpoints.partial_restore(params, source, step_dir)
     return params, fresh, step
   run_dir = frozen_source.run_dir_of(step_dir)
@@ -60,45 +60,10 @@ def load_run_checkpoint(model, params, path: str):
         f"{step_dir}: a PEFT-only checkpoint (no frozen parameters) and no {frozen_source.FILE} in its run "
         "directory to rebuild the backbone from; copy the whole run directory, not only checkpoints/")
   params = rebuild_backbone(model, params, recorded, step_dir)
-  trained = _grow_moa_domains(model, layer_layout.match_layout(state["trainable"], params), params, step_dir)
+  trained = model.adapters.adapt_restored(layer_layout.match_layout(state["trainable"], params), params, step_dir)
   params, fresh = checkpoints.partial_restore(params, trained, step_dir)
   rebuilt = {"/".join(k) for k in traverse_util.flatten_dict(_frozen_part(params, set(recorded["leaves"])))}
   return params, [p for p in fresh if p not in rebuilt], step
-
-
-def _grow_moa_domains(model, source, params, step_dir: str):
-  """An MoA run's checkpoint into an MoA with more domains (appended at the
-  end): saved slices kept, new domains' slices fresh (`moa.grow_domains`)."""
-  from moe_jax.peft import moa
-  if not isinstance(model.adapters, moa.MoA):
-    return source
-  source, grown = moa.grow_domains(source, params, step_dir)
-  if not grown:
-    return source
-  saved, now = _saved_moa_domains(step_dir), list(model.adapters.domains)
-  print(f"MoA: {step_dir} holds {len(saved) if saved else 'fewer'} domains, this configuration {len(now)}: "
-        f"{len(grown)} stacked tensors grew, the saved slices are unchanged")
-  return source
-
-
-def _saved_moa_domains(step_dir: str):
-  """The MoA domains the run's run.json records (None: not recorded)."""
-  import json
-  info = fs.join(fs.dirname(fs.dirname(step_dir)), "run.json")
-  return json.loads(fs.read_text(info)).get("domains") if fs.exists(info) else None
-
-
-def _check_moa_domain_order(model, step_dir: str) -> None:
-  """An MoA checkpoint loads into an MoA whose domains start with the saved
-  ones, in order (a stacked tensor's slice i is domain i)."""
-  from moe_jax.peft import moa
-  if not isinstance(model.adapters, moa.MoA):
-    return
-  saved, now = _saved_moa_domains(step_dir), list(model.adapters.domains)
-  if saved is not None and now[:len(saved)] != list(saved):
-    raise checkpoints.CheckpointError(
-        f"{step_dir}: MoA domains {saved} must be the first domains of this configuration's {now} "
-        "(new domains are appended at the end)")
 
 
 def rebuild_backbone(model, params, recorded: dict, where: str):
@@ -115,28 +80,10 @@ def rebuild_backbone(model, params, recorded: dict, where: str):
     base, _, _ = load_initial(model, base, source)
   names = set(recorded["leaves"])
   frozen = _frozen_part(base, names)
-  frozen_source.check(recorded, frozen, where, ignore=_grown_moa_leaves(model, recorded, frozen))
+  recorded_shapes = {name: leaf[0] for name, leaf in recorded["leaves"].items()}  # either kind of fingerprint
+  regrown = model.adapters.regrown_frozen(recorded_shapes, frozen_source.shapes(frozen))
+  frozen_source.check(recorded, frozen, where, ignore=regrown)
   return base
-
-
-def _grown_moa_leaves(model, recorded: dict, frozen) -> set:
-  """Frozen MoA tensors (e.g. routers untrained in stage 1) that have more
-  domains now than the run had: fresh from the init either way, so not
-  compared (the domains' order is checked against run.json)."""
-  from moe_jax.peft import moa
-  if not isinstance(model.adapters, moa.MoA):
-    return set()
-  current = frozen_source.shapes(frozen)
-  grown = set()
-  for name, (shape, *_) in recorded["leaves"].items():  # either kind of fingerprint
-    now = current.get(name)
-    if now is None or list(now) == list(shape):
-      continue
-    axis = moa._domain_axis(tuple(name.split("/")))  # unrolled names: no layer axis
-    if axis is not None and len(now) == len(shape) and all(
-        a == b for i, (a, b) in enumerate(zip(now, shape)) if i != axis % len(shape)):
-      grown.add(name)
-  return grown
 
 
 def _frozen_part(params, names: set):

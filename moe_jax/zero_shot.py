@@ -35,12 +35,10 @@ def main(argv=None) -> int:
   try:
     return _run(args)
   except Exception as e:  # pylint: disable=broad-except  bad input: one line, status 2
-    from moe_jax import gin_utils
-    from moe_jax.data.jsonl import DataError
-    from moe_jax.models.hf import CheckpointError
-    if isinstance(e, (ValueError, KeyError, OSError, DataError, CheckpointError)):
+    from moe_jax import errors, gin_utils
+    if isinstance(e, (errors.MoeJaxError, ValueError, KeyError, OSError)):
       print(f"error: {gin_utils.error_message(e)}", file=sys.stderr)
-      return 2
+      return errors.exit_code(e)
     raise
 
 

@@ -13,6 +13,10 @@ import pytest
 from bench import device_check
 from moe_jax import paths
 
+# `make device-check` is a benchmark for a GPU host: its CPU sanity run (over a
+# minute of compiling) is in `make test-all`, not the default run.
+pytestmark = pytest.mark.slow
+
 METHODS = ("ia3", "mov_10", "lora_r4", "molora_10", "full")
 
 

@@ -12,7 +12,7 @@ Unpacked batches also carry per-example scalars (`task_id`, `domain_id`,
 segment: `task_id` etc. become [id_slots(lengths)] per row, entry j the id of
 the example packed as segment j + 1 (the segment ids of its encoder and
 decoder tokens), -1 where the row has fewer segments; the adapters look each
-token's id up by its segment id (`moe_jax.peft.sites.ids_by_segment`).
+token's id up by its segment id (`moe_jax.adapters.ids_by_segment`).
 Over-long sequences are cut to the feature length keeping the final EOS.
 """
 from __future__ import annotations

@@ -18,15 +18,14 @@ from typing import Optional
 
 import gin
 
-from moe_jax import fs
+from moe_jax import fs, paths
 
 _NAME = re.compile(r"^[\w\d\.\:_]+$")  # seqio's task names
 
 
 def _origin(name: str) -> str:
   """The gin file that defines `name` (for messages), else the flag."""
-  from moe_jax import gin_utils  # pylint: disable=import-outside-toplevel  (gin_utils imports the models)
-  for path in gin_utils.parsed_files():
+  for path in paths.GIN_FILES:
     try:
       if f"'{name}'" in fs.read_text(path) or f'"{name}"' in fs.read_text(path):
         return path

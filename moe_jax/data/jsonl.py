@@ -12,8 +12,7 @@ from typing import Iterator, Optional, Sequence
 from moe_jax import fs, paths
 
 
-class DataError(ValueError):
-  """Malformed or missing data, with the file (and line, field) named."""
+from moe_jax.errors import DataError  # noqa: E402  raised by every reader
 
 
 def split_path(dataset: str, subset: Optional[str], split: str, data_dir: Optional[str] = None) -> str:

@@ -23,7 +23,6 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from moe_jax import fs
 from moe_jax.data import ids, jsonl, p3_release, sources, templates, vocab
 
 SHUFFLE_BUFFER = 16
@@ -386,7 +385,11 @@ def register(spec: DatasetSpec, *, original_task_only: bool = False,
 
 def instruction_text(template_task: str) -> str:
   """A template's instruction: its prompt's literal text, with the Jinja
-  fields and control blocks (the example's content) left out."""
+  fields and control blocks (the example's content) left out. A task
+  registered outside moe-jax (MIXTURE_OR_TASK_MODULE) has no template here:
+  its name stands for its instruction."""
+  if template_task not in _TEMPLATES:
+    return " ".join(template_task.replace("_", " ").split())
   spec, template_name = _TEMPLATES[template_task]
   source = templates.dataset_templates(*spec.templates_key)[template_name].jinja
   prompt = source.split("|||")[0]

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from moe_jax.data.jsonl import DataError
+from moe_jax.errors import DataError, UnavailableDataError
 
 SHUFFLE_BUFFER = 1_000
 
@@ -64,7 +64,6 @@ def _description(spec: dict) -> dict:
 
 def read(root: str, task: str, split: str, *, shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
   """The task's examples with their declared dtypes (int32, bool, float32, string)."""
-  from moe_jax.data.sources import UnavailableDataError
   if not has_split(root, task, split):
     raise UnavailableDataError(f"{task}: the p3 source has no {info_path(root, task, split)}")
   spec = features(root, task, split)

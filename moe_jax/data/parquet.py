@@ -11,7 +11,7 @@ from __future__ import annotations
 import posixpath
 from typing import Iterator, Optional
 
-from moe_jax.data.jsonl import DataError
+from moe_jax.errors import DataError, UnavailableDataError
 
 
 def _gfile():
@@ -47,7 +47,6 @@ def read_rows(root: str, dataset: str, subset: Optional[str], split: str) -> Ite
   """One dict per row, in file then row order (the HF schema, as load_dataset gives)."""
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
-  from moe_jax.data.sources import UnavailableDataError
   paths = files(root, dataset, subset, split)
   if not paths:
     name = dataset if subset is None else f"{dataset}/{subset}"

@@ -26,16 +26,12 @@ from typing import Optional, Sequence
 import gin
 
 from moe_jax import fs
-from moe_jax.data import jsonl
-from moe_jax.data.jsonl import DataError
+from moe_jax.data import jsonl, parquet, schemas
+from moe_jax.errors import DataError, UnavailableDataError  # noqa: F401  (raised for every source)
 
 SOURCE_ENV = "MOE_JAX_DATA_SOURCE"
 SKIP_ENV = "MOE_JAX_SKIP_UNAVAILABLE"
 KINDS = ("jsonl", "hf", "parquet", "p3")
-
-
-class UnavailableDataError(DataError):
-  """The configured source cannot provide a dataset (or a P3 task)."""
 
 
 @gin.configurable
@@ -94,7 +90,6 @@ class Source:
       return spec.file(seqio_split)
     if self.kind == "hf":
       return f"hf:{spec.hf_name}[{split}]"
-    from moe_jax.data import parquet
     return parquet.split_dir(self.root, spec.dataset, spec.subset, split)
 
   def table(self, spec, seqio_split: str) -> Sequence[dict]:
@@ -127,17 +122,15 @@ class Source:
       path = spec.file(seqio_split)
       return None if fs.exists(path) else f"no {path}"
     if self.kind == "parquet":
-      from moe_jax.data import parquet
-      return parquet.missing(self.root, spec.dataset, spec.subset, split)
+        return parquet.missing(self.root, spec.dataset, spec.subset, split)
     if self.kind == "p3":
-      from moe_jax.data import p3_release
+      from moe_jax.data import p3_release  # pylint: disable=import-outside-toplevel  (TensorFlow, only for p3)
       absent = [t for t in task_names if not p3_release.has_split(self.root, t, seqio_split)]
       return f"no {seqio_split} split of {len(absent)} P3 task(s) under {self.root}, e.g. {absent[0]}" if absent else None
     return _hf_missing(spec.dataset, spec.subset, split)
 
 
 def _check_schema(rows, path, dataset, subset) -> None:
-  from moe_jax.data import schemas
   key = (id(rows), path, dataset, subset)
   if key in _SCHEMA_CHECKED:
     return
@@ -160,7 +153,6 @@ def _hf_module():
 
 @functools.lru_cache(maxsize=64)
 def _parquet_table(root, dataset, subset, split) -> tuple:
-  from moe_jax.data import parquet
   return tuple(parquet.read_rows(root, dataset, subset, split))
 
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-import sys
 import traceback
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import gin
 

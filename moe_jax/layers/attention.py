@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from moe_jax.layers.dense import DenseGeneral
 from moe_jax.layers.position import apply_rope
-from moe_jax.peft import sites
+from moe_jax import adapters as sites
 
 NEG_INF = -1e10  # finite, so fully masked rows (padding queries) stay NaN-free
 

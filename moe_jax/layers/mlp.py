@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.layers.dense import DenseGeneral
-from moe_jax.peft import sites
+from moe_jax import adapters as sites
 
 # name of each variant -> (input projections, activation, output projection)
 VARIANTS = {

@@ -22,7 +22,7 @@ from moe_jax.models import decoding
 from moe_jax.models.configs import DecoderConfig, ModelConfig, T5Config
 from moe_jax.models.decoder import DecoderOnlyTransformer
 from moe_jax.models.t5 import T5Transformer
-from moe_jax.peft import sites
+from moe_jax import adapters as sites
 
 CONTEXT_FEATURES = ("task_id", "domain_id", "routing_embedding")
 LOSS_NORMALIZERS = ("num_real_target_tokens", "average_per_sequence", "sum")
@@ -96,6 +96,15 @@ class BaseModel(abc.ABC):
     self._predict_jit = jax.jit(self._predict, static_argnames=("max_decode_length", "num_beams"))
 
   # ---- parameters --------------------------------------------------------
+  def dummy_batch(self, batch_size=1, length=4) -> dict:
+    """A minimal batch of the model's features (init, shape tracing)."""
+    return self._dummy_batch(batch_size, length)
+
+  def apply_with_state(self, params, batch, dropout_rng=None, mutable=()):
+    """(outputs, mutated collections) of one forward pass, e.g. to read the
+    router statistics methods sow."""
+    return self._apply(params, batch, dropout_rng, mutable)
+
   @abc.abstractmethod
   def _dummy_batch(self, batch_size=1, length=4) -> dict:
     """A small batch with every feature the module needs (for init)."""

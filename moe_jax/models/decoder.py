@@ -15,7 +15,7 @@ from moe_jax.layers.mlp import MLP
 from moe_jax.layers.norms import RMSNorm
 from moe_jax.models import layer_stack, masks
 from moe_jax.models.configs import DecoderConfig
-from moe_jax.peft import sites
+from moe_jax import adapters as sites
 
 _INIT = nn.initializers.normal(0.02)  # Llama's initializer_range
 _LAYER_KINDS = tuple(f"self_attention/{k}" for k in sites.ATTENTION_KINDS) + (

@@ -26,12 +26,11 @@ from moe_jax import fs
 from moe_jax.models import layer_layout, safetensors_io
 from moe_jax.models.api import BaseModel, build_model
 from moe_jax.models.configs import DecoderConfig, ModelConfig, T5Config
-from moe_jax.peft import sites
-from moe_jax.peft.trainable import is_adapter_path
+from moe_jax import adapters as sites
+from moe_jax.adapters import is_adapter_path
 
 
-class CheckpointError(ValueError):
-  """A checkpoint directory that cannot be converted faithfully."""
+from moe_jax.errors import CheckpointError  # noqa: E402  one class for every checkpoint kind
 
 
 # Fields every transformers config may carry that do not change the network.

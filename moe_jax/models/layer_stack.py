@@ -23,7 +23,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from moe_jax.peft import sites
+from moe_jax import adapters as sites
 
 REMAT_POLICIES = {
     "none": None,

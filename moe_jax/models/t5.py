@@ -2,7 +2,7 @@
 
 Pre-norm residual blocks with RMS norm, one relative position bias per stack
 (bidirectional in the encoder, causal in the decoder), no attention-logit
-scaling and no biases. Every projection is an adapter site (see peft/sites.py).
+scaling and no biases. Every projection is an adapter site (see moe_jax/adapters.py).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from moe_jax.layers.norms import RMSNorm
 from moe_jax.layers.position import RelativePositionBias, relative_bias
 from moe_jax.models import layer_stack, masks
 from moe_jax.models.configs import T5Config
-from moe_jax.peft import sites
+from moe_jax import adapters as sites
 
 # Attention kernels use t5x's init (fan-in normal); MLP kernels fan-in truncated normal.
 _ATTN_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "normal")

@@ -10,7 +10,7 @@ from moe_jax.peft.moa import MoA
 from moe_jax.peft.moelora import MOELoRA
 from moe_jax.peft.molora import MoLoRA
 from moe_jax.peft.mov import MoV
-from moe_jax.peft.sites import NO_ADAPTERS, Adapters
+from moe_jax.adapters import NO_ADAPTERS, Adapters
 
 METHODS = {"none": Adapters, "ia3": IA3, "lora": LoRA, "mov": MoV, "molora": MoLoRA,
            "moelora": MOELoRA, "milora": MiLoRA, "moa": MoA}

@@ -9,7 +9,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from moe_jax.peft import sites
+from moe_jax import adapters as sites
 
 IA3_TARGETS = ("k", "v", sites.FFN_HIDDEN)
 

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_jax.peft import pooling, sites
+from moe_jax import segments as pooling, adapters as sites
 from moe_jax.peft.lora import ALL_PROJECTIONS, LowRankExperts
 from moe_jax.peft.prompt_cache import decide_once
 from moe_jax.peft.rational import RationalActivation

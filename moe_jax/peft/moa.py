@@ -33,6 +33,7 @@ rank D*r): gathering a pair per token would hold a [B, T, in, r] copy of A.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import flax.linen as nn
 import jax
@@ -41,9 +42,12 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from moe_jax.peft import pooling, sites
+from moe_jax import fs
+from moe_jax.errors import CheckpointError
+from moe_jax import segments as pooling, adapters as sites
 from moe_jax.peft.lora import ALL_PROJECTIONS, LowRankExperts
 from moe_jax.peft.prompt_cache import decide_once
+from moe_jax.validation import close_matches
 
 MODES = ("given", "per_layer", "majority", "last")
 ROUTER_REGEX = r".*layer_hook/.*"
@@ -61,6 +65,24 @@ def _domain_axis(path) -> int | None:
   if path[-1] in STACKED and any(p.endswith("_adapter") or p == "layer_hook" for p in path):
     return 1 if SCANNED_NAME in path else 0
   return None
+
+
+def saved_domains(step_dir: str):
+  """The MoA domains a run's run.json records (None: not recorded)."""
+  info = fs.join(fs.dirname(fs.dirname(step_dir)), "run.json")
+  return json.loads(fs.read_text(info)).get("domains") if fs.exists(info) else None
+
+
+def _domain_index(domains, i: int, name) -> int:
+  if name is None:
+    if len(domains) == 1:
+      return 0
+    raise ValueError(f"row {i + 1} names no domain, and MoA routes by the given domain: add a 'domain' field "
+                     f"(one of MoA.domains {list(domains)})")
+  if name not in domains:
+    raise ValueError(f"MoA has no LoRA for domain {name!r} (row {i + 1}; MoA.domains: {list(domains)})"
+                     f"{close_matches(name, domains)}")
+  return domains.index(name)
 
 
 def data_domains(adapters: "MoA"):
@@ -269,6 +291,68 @@ class MoA(sites.Adapters):
     """Host-side, per batch: the data's domain ids as indices into `domains`."""
     return data_domains(self)
 
+  def check_restore(self, step_dir: str) -> None:
+    """A checkpoint loads into an MoA whose domains start with the saved ones,
+    in order (a stacked tensor's slice i is domain i)."""
+    saved, now = saved_domains(step_dir), list(self.domains)
+    if saved is not None and now[:len(saved)] != list(saved):
+      raise CheckpointError(f"{step_dir}: MoA domains {saved} must be the first domains of this configuration's "
+                            f"{now} (new domains are appended at the end)")
+
+  def adapt_restored(self, source, params, step_dir: str):
+    """A run with fewer domains: saved slices kept, new domains' slices fresh."""
+    source, grown = grow_domains(source, params, step_dir)
+    if grown:
+      saved = saved_domains(step_dir)
+      print(f"MoA: {step_dir} holds {len(saved) if saved else 'fewer'} domains, this configuration "
+            f"{len(self.domains)}: {len(grown)} stacked tensors grew, the saved slices are unchanged")
+    return source
+
+  def regrown_frozen(self, recorded_shapes: dict, current_shapes: dict) -> set:
+    """Frozen stacked tensors (e.g. routers untrained in stage 1) with more
+    domains now: fresh from the init either way (the order is checked by
+    `check_restore`)."""
+    grown = set()
+    for name, shape in recorded_shapes.items():
+      now = current_shapes.get(name)
+      if now is None or list(now) == list(shape):
+        continue
+      axis = _domain_axis(tuple(name.split("/")))  # unrolled names: no layer axis
+      if axis is not None and len(now) == len(shape) and all(
+          a == b for i, (a, b) in enumerate(zip(now, shape)) if i != axis % len(shape)):
+        grown.add(name)
+    return grown
+
+  def train_slice(self, which: str, params, trainable_regex):
+    """Stage 1 of one domain in place: only its slices of the sites' LoRAs train."""
+    if which not in self.domains:
+      raise ValueError(f"MOA_TRAIN_DOMAIN={which!r} is not one of MoA.domains {list(self.domains)}"
+                       f"{close_matches(which, self.domains)}")
+    if trainable_regex is not None:
+      raise ValueError("set TRAINABLE_REGEX or MOA_TRAIN_DOMAIN, not both (MOA_TRAIN_DOMAIN trains that "
+                       "domain's LoRA slices only)")
+    mask = traverse_util.unflatten_dict({k: is_domain_lora(k) for k in traverse_util.flatten_dict(params)})
+    index = self.domains.index(which)
+    return mask, lambda trainable: domain_slice_only(index, trainable)
+
+  def row_features(self, rows: list) -> dict:
+    """Each row's index into `domains`, matched by the row's `domain` name.
+    Only `given` routing reads it; the other modes' routers choose, so they
+    get zeros and ignore the rows' domains, as in training."""
+    if self.mode != "given":
+      return {"domain_id": np.zeros(len(rows), np.int32)}
+    return {"domain_id": np.array([_domain_index(self.domains, i, r.get("domain")) for i, r in enumerate(rows)],
+                                  np.int32)}
+
+  def decode_batch(self, model, params, batch: dict) -> dict:
+    """majority/last: the routers vote on the prompts first."""
+    if self.mode not in ("majority", "last") or "domain_id" not in batch:
+      return batch
+    probe = batch
+    if model.config.family != "decoder":  # a T5 pass needs decoder tokens; routers read the prompt only
+      probe = dict(batch, decoder_input_tokens=np.zeros((len(batch["domain_id"]), 1), np.int32))
+    return dict(batch, domain_id=np.asarray(route_by_vote(model, params, probe, self.mode)["domain_id"]))
+
   def layer_hook(self, info, name):
     # majority/last are resolved to a given domain_id by route_by_vote.
     mode = "given" if self.mode in ("majority", "last") else self.mode
@@ -341,7 +425,7 @@ def route_by_vote(model, params, batch, rule: str = "majority"):
     raise ValueError("route_by_vote chooses one domain per row: give it unpacked rows")
   moa: MoA = model.adapters
   probe = type(model)(model.config, dataclasses.replace(moa, mode="per_layer"))
-  _, stats = probe._apply(params, batch, mutable=(sites.ROUTER_STATS_COLLECTION,))
+  _, stats = probe.apply_with_state(params, batch, mutable=(sites.ROUTER_STATS_COLLECTION,))
   from moe_jax.models import layer_layout
   flat = traverse_util.flatten_dict(layer_layout.unstack_layers(stats[sites.ROUTER_STATS_COLLECTION]))
   layers = sorted((k for k in flat if k[-1] == "domain_logits"), key=_layer_order)

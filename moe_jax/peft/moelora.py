@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from moe_jax.peft import sites
+from moe_jax import adapters as sites
 from moe_jax.peft.lora import ALL_PROJECTIONS, LowRankExperts, torch_linear_init
 from moe_jax.peft.routers import select_top_k
 
@@ -115,6 +115,8 @@ class MOELoRA(sites.Adapters):
   @property
   def scale(self) -> float:
     return self.alpha / self.rank
+
+  merges_per_task = True  # task-driven gate: each task's weights fold into the backbone
 
   def batch_preparer(self):
     """Checks each batch's task ids against the gate's table on the host: an id

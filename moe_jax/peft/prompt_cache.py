@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_jax.peft import sites
+from moe_jax import adapters as sites
 
 
 def decide_once(module: nn.Module, ctx: sites.AdapterContext, compute: Callable[[], jax.Array],

@@ -27,7 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_jax.peft import hand_gradients, pooling, sites, thin_matmul
+from moe_jax import segments as pooling, adapters as sites
+from moe_jax.peft import hand_gradients, thin_matmul
 
 ROUTING_MODES = ("token", "sentence", "embedding")
 

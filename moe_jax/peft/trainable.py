@@ -14,11 +14,7 @@ import jax
 import optax
 from flax import traverse_util
 
-ADAPTER_MODULES = ("layer_hook", "model_hook", "adapter_model_hook")
-
-
-def is_adapter_path(path: tuple[str, ...]) -> bool:
-  return any(p.endswith("_adapter") or p in ADAPTER_MODULES for p in path)
+from moe_jax.adapters import ADAPTER_MODULES, is_adapter_path  # noqa: F401  (the contract names them)
 
 
 def trainable_mask(params, regex: Optional[str] = None):

@@ -66,11 +66,12 @@ def test_seqio_rows_carry_their_tasks_domain():
 
 def test_moa_domains_are_indices_into_moa_domains_by_name():
   given = MoA(domains=("QA_multiple_choice", "sentiment"))
-  np.testing.assert_array_equal(inference.moa_domain_ids(given, [{"domain": "sentiment"},
-                                                                 {"domain": "QA_multiple_choice"}]), [1, 0])
+  ids_of = lambda adapters, rows: adapters.row_features(rows)["domain_id"].tolist()  # noqa: E731
+  assert ids_of(given, [{"domain": "sentiment"}, {"domain": "QA_multiple_choice"}]) == [1, 0]
   # Routers choose in the other modes: the rows' domains are not read, as in training.
-  assert inference.moa_domain_ids(MoA(domains=("a", "b"), mode="per_layer"), [{"domain": "x"}]).tolist() == [0]
-  assert inference.moa_domain_ids(MoA(domains=("only",)), [{"inputs": "no domain"}]).tolist() == [0]
+  assert ids_of(MoA(domains=("a", "b"), mode="per_layer"), [{"domain": "x"}]) == [0]
+  assert ids_of(MoA(domains=("only",)), [{"inputs": "no domain"}]) == [0]
+  assert MOELoRA(num_experts=2, rank=4).row_features([{"domain": "x"}]) == {}  # no per-row features
 
 
 def test_moelora_merged_decoding_matches_the_adapted_model():

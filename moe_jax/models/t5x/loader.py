@@ -15,7 +15,7 @@ from moe_jax.models.api import build_model
 from moe_jax.models.configs import T5Config
 from moe_jax.models.t5x import layout
 from moe_jax.models.t5x.reader import T5XCheckpoint
-from moe_jax.peft import sites
+from moe_jax import adapters as sites
 
 
 def load_t5x_checkpoint(path: Union[str, T5XCheckpoint], config: Optional[T5Config] = None,

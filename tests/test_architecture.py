@@ -1,0 +1,102 @@
+"""The contributor's rule, checked on the source: a new method touches only
+peft/, a new backbone only models/ and layers/.
+
+- The adapter contract (`moe_jax/adapters.py`) is a leaf: the backbone imports
+  it without loading any method.
+- models/ and layers/ import nothing from peft/ or above; data/ nothing from
+  models/, peft/ or the training modules.
+- Outside peft/, no code asks which method it has (`isinstance` of a method
+  class) or reaches into a method module's private helpers: it calls the
+  contract's lifecycle hooks (`Adapters.batch_preparer`, `check_restore`,
+  `adapt_restored`, `regrown_frozen`, `train_slice`, `row_features`,
+  `decode_batch`, `merges_per_task` / `merge_task`).
+"""
+import ast
+import os
+
+import pytest
+
+from moe_jax import paths
+from moe_jax.peft import METHODS
+
+PACKAGE = os.path.join(paths.REPO_ROOT, "moe_jax")
+METHOD_CLASSES = {cls.__name__ for cls in METHODS.values()} - {"Adapters"}
+METHOD_MODULES = {"ia3", "lora", "mov", "molora", "moelora", "milora", "moa", "moa_lib", "routers"}
+
+
+def _sources(*under):
+  for root, _, files in os.walk(os.path.join(PACKAGE, *under)):
+    for f in files:
+      if f.endswith(".py"):
+        path = os.path.join(root, f)
+        yield os.path.relpath(path, paths.REPO_ROOT), ast.parse(open(path).read(), path)
+
+
+def _imports(tree):
+  """Every moe_jax module a file imports, at module level or inside functions."""
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      yield from (a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      yield node.module
+      yield from (f"{node.module}.{a.name}" for a in node.names)
+
+
+def _outside_peft():
+  return [(p, t) for p, t in _sources() if not p.startswith(os.path.join("moe_jax", "peft"))]
+
+
+def test_no_code_outside_peft_asks_which_method_it_has():
+  found = []
+  for path, tree in _outside_peft():
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+        named = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)} | {
+            n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+        if named & METHOD_CLASSES:
+          found.append(f"{path}:{node.lineno}: isinstance(..., {sorted(named & METHOD_CLASSES)[0]})")
+  assert not found, "use the contract's hooks (moe_jax/adapters.py):\n" + "\n".join(found)
+
+
+def test_no_code_outside_peft_uses_a_method_modules_private_helpers():
+  found = []
+  for path, tree in _outside_peft():
+    for node in ast.walk(tree):
+      if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in METHOD_MODULES
+          and node.attr.startswith("_") and not node.attr.startswith("__")):
+        found.append(f"{path}:{node.lineno}: {node.value.id}.{node.attr}")
+  assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("under, forbidden", [
+    (("layers",), ("moe_jax.peft", "moe_jax.trainer", "moe_jax.data")),
+    (("models",), ("moe_jax.peft", "moe_jax.trainer", "moe_jax.data", "moe_jax.gin_utils")),
+    (("data",), ("moe_jax.peft", "moe_jax.models", "moe_jax.trainer", "moe_jax.checkpoints", "moe_jax.gin_utils")),
+])
+def test_imports_point_down(under, forbidden):
+  found = [f"{path}: imports {m}" for path, tree in _sources(*under) for m in set(_imports(tree))
+           if m.startswith(forbidden)]
+  assert not found, "\n".join(sorted(found))
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    # The data readers are leaves under the source dispatcher (sources.py) and the task builder (p3.py).
+    ("data/jsonl.py", ("moe_jax.data.sources", "moe_jax.data.p3")),
+    ("data/parquet.py", ("moe_jax.data.sources", "moe_jax.data.p3")),
+    ("data/p3_release.py", ("moe_jax.data.sources", "moe_jax.data.p3")),
+    ("data/sources.py", ("moe_jax.data.p3",)),
+    # The evaluator is configured by gin_utils, and does not import it back.
+    ("evaluation.py", ("moe_jax.gin_utils",)),
+    ("errors.py", ("moe_jax",)),
+])
+def test_no_import_circles(module, forbidden):
+  tree = ast.parse(open(os.path.join(PACKAGE, module)).read())
+  within = lambda m, f: m == f or m.startswith(f + ".")  # noqa: E731
+  found = sorted({m for m in _imports(tree) if any(within(m, f) for f in forbidden)} - {"moe_jax", "moe_jax.errors"})
+  assert not found, f"moe_jax/{module} imports {found}"
+
+
+def test_the_adapter_contract_is_a_leaf():
+  tree = ast.parse(open(os.path.join(PACKAGE, "adapters.py")).read())
+  ours = {m for m in _imports(tree) if m.startswith("moe_jax")}
+  assert ours <= {"moe_jax", "moe_jax.segments"}, ours
