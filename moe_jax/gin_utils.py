@@ -171,12 +171,65 @@ def error_message(e: BaseException) -> str:
   return one_line(e)
 
 
+# Each gin entry point's run file: where its macros and their defaults live.
+RUN_FILES = {"moe_jax.train": "runs/finetune.gin", "moe_jax.plan": "runs/finetune.gin",
+             "moe_jax.preflight": "runs/finetune.gin", "moe_jax.eval": "runs/eval.gin",
+             "moe_jax.infer": "runs/infer.gin", "moe_jax.export": "runs/export.gin"}
+
+
+def _entry_name(main_fn) -> str:
+  module = sys.modules.get(main_fn.__module__)
+  spec = getattr(module, "__spec__", None)  # `python -m` runs the module as __main__
+  return spec.name if spec is not None else main_fn.__module__
+
+
+def macro_table(gin_file: str) -> list[tuple[str, str, str]]:
+  """(macro, default, what the comment above it says) for each ALL_CAPS macro
+  the run file defines, in its order."""
+  out, comment = [], []
+  for line in fs.read_text(gin_file).splitlines():
+    stripped = line.strip()
+    if stripped.startswith("#"):
+      comment.append(stripped.lstrip("# ").strip())
+      continue
+    name, eq, value = stripped.partition("=")
+    name = name.strip()
+    if eq and name.isupper() and name.replace("_", "").isalnum():
+      value, _, trailing = value.partition("  #")
+      value = value.strip()
+      default = "(required)" if value == "%gin.REQUIRED" else value
+      out.append((name, default, " ".join([*comment, trailing.strip()]).strip()))
+    comment = [] if not stripped.startswith("#") else comment
+  return out
+
+
+def help_text(main_fn) -> str:
+  """An entry point's --help: its usage and example (the module docstring),
+  then every macro of its run file with the default and what it does."""
+  name = _entry_name(main_fn)
+  doc = (sys.modules[main_fn.__module__].__doc__ or "").strip()
+  lines = [doc, "", "Flags: --gin_file=FILE (repeatable; searched in gin_configs/, the checkout and the working "
+           "directory), --gin.NAME=VALUE (a macro or a configurable's parameter), --gin_search_paths=DIR,DIR."]
+  run_file = RUN_FILES.get(name)
+  if run_file:
+    macros = macro_table(os.path.join(REPO_GIN_DIR, run_file))
+    width = max(len(m) for m, _, _ in macros)
+    lines += ["", f"Macros (defaults from gin_configs/{run_file}; a config such as gin_configs/demo.gin may set "
+              "more of them):"]
+    for macro, default, what in macros:
+      lines.append(f"  {macro:<{width}}  = {default}" + (f"    # {what}" if what else ""))
+  return "\n".join(lines)
+
+
 def run(main_fn, argv=None) -> int:
   """Runs an entry point; configuration and input errors print one line
   `error: ...` and give status 2, divergence 1, a stop signal (SIGTERM,
   SIGINT) one line and `preemption.EXIT_CODE` (75), anything else a
   traceback and 1."""
   argv = sys.argv[1:] if argv is None else argv
+  if "--help" in argv or "-h" in argv:
+    print(help_text(main_fn))
+    return 0
   quiet.import_tensorflow()
   try:
     with preemption.raising():  # the trainer installs its own, saving handlers

@@ -367,6 +367,10 @@ def table(result: dict) -> str:
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  if "--help" in argv or "-h" in argv:
+    from moe_jax import gin_utils
+    print(gin_utils.help_text(main))
+    return 0
   try:
     devices, slice_, rest = _take_target(argv)
   except ValueError as e:
