@@ -62,7 +62,7 @@ class _ForeignTask:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   group = parser.add_mutually_exclusive_group(required=True)
   group.add_argument("--mixture")
   group.add_argument("--task")
