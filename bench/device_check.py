@@ -164,7 +164,7 @@ class Planner:
 
   def __init__(self, args: list[str], platform: str):
     from moe_jax import paths
-    from moe_jax.peft import hand_gradients
+    from moe_jax.kernels import hand_gradients
     self.command = ["python", "-m", "moe_jax.plan", *args]
     self.command_text = " ".join(map(_shell_word, self.command))
     # CPU only: it must not take the GPU (or its memory) from the measurements.

@@ -72,6 +72,7 @@ def test_no_code_outside_peft_uses_a_method_modules_private_helpers():
     (("layers",), ("moe_jax.peft", "moe_jax.trainer", "moe_jax.data")),
     (("models",), ("moe_jax.peft", "moe_jax.trainer", "moe_jax.data", "moe_jax.gin_utils")),
     (("data",), ("moe_jax.peft", "moe_jax.models", "moe_jax.trainer", "moe_jax.checkpoints", "moe_jax.gin_utils")),
+    (("kernels",), ("moe_jax.peft", "moe_jax.models", "moe_jax.trainer", "moe_jax.data")),
 ])
 def test_imports_point_down(under, forbidden):
   found = [f"{path}: imports {m}" for path, tree in _sources(*under) for m in set(_imports(tree))

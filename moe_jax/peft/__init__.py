@@ -1,4 +1,4 @@
-"""PEFT methods and the adapter-site contract they plug into.
+"""PEFT methods; the adapter-site contract they plug into is moe_jax/adapters.py.
 
 Each method is a frozen dataclass (`sites.Adapters` subclass) passed to
 `build_model(config, adapters)`; `METHODS` names them for configs and CLIs.

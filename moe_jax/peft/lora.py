@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moe_jax import adapters as sites
-from moe_jax.peft import thin_matmul
+from moe_jax.kernels import thin_matmul
 
 ALL_PROJECTIONS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo", "gate", "up", "down")
 A_INITS = ("kaiming_uniform", "gaussian", "normal:<std>")

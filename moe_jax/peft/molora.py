@@ -12,7 +12,7 @@ import dataclasses
 import flax.linen as nn
 
 from moe_jax import adapters as sites
-from moe_jax.peft import rank_mix
+from moe_jax.kernels import rank_mix
 from moe_jax.peft.lora import LowRankExperts
 from moe_jax.peft.routers import Router, RouterConfig, RoutedOptions
 

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from moe_jax import adapters as sites
-from moe_jax.peft import vector_mix
+from moe_jax.kernels import vector_mix
 from moe_jax.peft.ia3 import IA3_TARGETS
 from moe_jax.peft.routers import Router, RouterConfig, RoutedOptions
 

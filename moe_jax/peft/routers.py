@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax import segments as pooling, adapters as sites
-from moe_jax.peft import hand_gradients, thin_matmul
+from moe_jax.kernels import hand_gradients, thin_matmul
 
 ROUTING_MODES = ("token", "sentence", "embedding")
 
