@@ -10,7 +10,7 @@ Written for the day a machine with one GPU is lent (a few minutes there at
    subprocess beside the rest) against the device's measured peak;
 3. the train step of IA3, MoV-10, LoRA-r4, MoLoRA-10 and full fine-tuning
    (bench/train_step.py, round-robin medians): time, and the share of the
-   device's peak FLOP/s its FLOPs (counted on the jaxpr, moe_jax/flops.py) take;
+   device's peak FLOP/s its FLOPs (counted on the jaxpr, moe_jax/tools/flops.py) take;
 4. MoV-10's greedy decoding tokens/s (bench/decode.py);
 5. the losses of MoV-10's first steps on the device (the step timed in 3)
    against the same steps (initial state, batch, key) on the CPU;
@@ -163,7 +163,7 @@ class Planner:
   its XLA:CPU compilation runs while the device works."""
 
   def __init__(self, args: list[str], platform: str):
-    from moe_jax import paths
+    from moe_jax.utils import paths
     from moe_jax.kernels import hand_gradients
     self.command = ["python", "-m", "moe_jax.plan", *args]
     self.command_text = " ".join(map(_shell_word, self.command))
@@ -362,7 +362,7 @@ def _train_lines(train: dict, peak: dict) -> list[str]:
   if "error" in train:
     return lines + [f"Error: {train['error']}."]
   lines += [f"Peak: {_rate(peak.get('flops_per_s'))}, {peak.get('source', peak.get('error'))}. "
-            "FLOPs counted on the jaxpr (moe_jax/flops.py).", "",
+            "FLOPs counted on the jaxpr (moe_jax/tools/flops.py).", "",
             "| method | ms | FLOPs / step | achieved | % of peak | tokens/s | compile s |",
             "|---|---:|---:|---:|---:|---:|---:|"]
   for name, r in train.items():

@@ -27,7 +27,7 @@ BATCH_SIZE = 32  # every paper preset's
 
 def mesh_for(slice_name: str) -> str:
   """data x model for a slice: data takes every chip up to BATCH_SIZE rows."""
-  from moe_jax import tpu_slices
+  from moe_jax.tools import tpu_slices
   chips = tpu_slices.parse(slice_name).chips
   model = max(1, chips // BATCH_SIZE)
   return f"({chips // model}, {model})"

@@ -73,9 +73,9 @@ def cost(compiled) -> dict:
 def prepare(pkg, config, method: str, batch, devices=None):
   """(run one step, facts) for `method` (a preset name or "full") on `pkg`,
   on `devices` (default: jax.devices()); run() returns the step's metrics.
-  Facts hold XLA's cost analysis and `jaxpr_flops` (moe_jax/flops.py: every
+  Facts hold XLA's cost analysis and `jaxpr_flops` (moe_jax/tools/flops.py: every
   loop iteration counted, which XLA's count is not)."""
-  from moe_jax import flops  # the current counter whatever `pkg` is: it only walks a jaxpr
+  from moe_jax.tools import flops  # the current counter whatever `pkg` is: it only walks a jaxpr
   peft = importlib.import_module(pkg.__name__ + ".peft")
   trainable_lib = importlib.import_module(pkg.__name__ + ".peft.trainable")
   trainer = importlib.import_module(pkg.__name__ + ".trainer")

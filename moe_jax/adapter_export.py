@@ -9,7 +9,9 @@ import gin
 import numpy as np
 from flax import traverse_util
 
-from moe_jax import frozen_source, fs, gin_utils
+from moe_jax.training import frozen_source
+from moe_jax.utils import fs
+from moe_jax import gin_utils
 
 ADAPTERS_FILE = "adapters.safetensors"
 
@@ -68,7 +70,8 @@ def export(checkpoint_path: str = gin.REQUIRED, export_dir: str = gin.REQUIRED,
   """Everything is checked (configuration, checkpoint, MERGE_TASKS) before the
   first file is written; an export directory this call created is removed if
   writing fails."""
-  from moe_jax import checkpoints, validation
+  from moe_jax.training import checkpoints
+  from moe_jax.utils import validation
   s = lambda p: validation.setting("export", p)  # noqa: E731
   validation.existing_path(s("checkpoint_path"), checkpoint_path)
   validation.output_dir(s("export_dir"), export_dir)
@@ -88,7 +91,7 @@ def export(checkpoint_path: str = gin.REQUIRED, export_dir: str = gin.REQUIRED,
       checkpoints.params_of(state) if "frozen" in state else state["trainable"], abstract), checkpoint_path)
   params = checkpoints.params_of(state) if "frozen" in state else None
   if merge_tasks and params is None:  # the merged backbones need every weight: rebuild the frozen ones
-    from moe_jax import weights
+    from moe_jax.training import weights
     params, _, _ = weights.load_initial(model, frozen_source.init_params(model, 0), checkpoint_path)
   created = not fs.exists(export_dir)
   try:

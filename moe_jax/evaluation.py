@@ -8,7 +8,9 @@ from typing import Callable, Optional
 import gin
 import jax
 
-from moe_jax import fs, plots, preemption, validation
+from moe_jax.utils import fs, validation
+from moe_jax import plots
+from moe_jax.training import preemption
 
 
 
@@ -90,7 +92,7 @@ class ZeroShotEvaluator:
 
   def __call__(self, model, params, step: Optional[int] = None) -> dict:
     from moe_jax.data import rank_eval
-    from moe_jax import routing_embeddings
+    from moe_jax.training import routing_embeddings
     score = model.score_batch
     suite = self.suite()
     table = routing_embeddings.for_run(model, params, self.model_dir) if routing_embeddings.needed(
@@ -140,7 +142,7 @@ class ZeroShotEvaluator:
 @gin.configurable
 def evaluate(checkpoint_path: str = gin.REQUIRED, evaluator=gin.REQUIRED) -> dict:
   """Loads a checkpoint (moe-jax run or HF directory) into the configured model and evaluates it."""
-  from moe_jax import frozen_source, weights
+  from moe_jax.training import frozen_source, weights
   from moe_jax.models.configured import model as configured_model
   from moe_jax.data import user_tasks
   user_tasks.register_tasks()

@@ -7,11 +7,13 @@ import os
 import sys
 from typing import Optional
 
-from moe_jax import quiet  # noqa: F401  before TensorFlow is imported
+from moe_jax.utils import quiet  # noqa: F401  before TensorFlow is imported
 
 import gin
 
-from moe_jax import errors, fs, paths, preemption, validation
+from moe_jax import errors
+from moe_jax.utils import fs, paths, validation
+from moe_jax.training import preemption
 from moe_jax.models.configured import model  # noqa: F401  the run's model, bound by the gin files
 from moe_jax.peft import register_with_gin
 
@@ -113,7 +115,7 @@ def configure(argv) -> None:
   """Parses flags and gin files; raises ValueError naming a bad file, binding or
   unused macro (a macro set on the command line that no configuration reads)."""
   import moe_jax.evaluation  # noqa: F401  registers ZeroShotEvaluator
-  import moe_jax.trainer  # noqa: F401  registers train
+  import moe_jax.training.trainer  # noqa: F401  registers train
   register_with_gin()
   gin.clear_config()
   files, bindings, search = parse_flags(argv)

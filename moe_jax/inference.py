@@ -21,7 +21,8 @@ from typing import Optional
 import gin
 import numpy as np
 
-from moe_jax import fs, gin_utils
+from moe_jax.utils import fs
+from moe_jax import gin_utils
 
 EOS = 1  # the T5 vocabulary's, which training appends to every prompt
 
@@ -192,7 +193,8 @@ def detokenize(vocab, ids_: list[int]) -> str:
 def infer(checkpoint_path: str = gin.REQUIRED, model_dir: str = gin.REQUIRED, inputs: str = gin.REQUIRED,
           split: str = "validation", max_examples: int = 64, inputs_length: int = 512,
           max_decode_length: int = 64, num_beams: int = 1, batch_size: int = 8) -> str:
-  from moe_jax import frozen_source, fs, validation, weights
+  from moe_jax.training import frozen_source, weights
+  from moe_jax.utils import fs, validation
   s = lambda p: validation.setting("infer", p)  # noqa: E731
   validation.existing_path(s("checkpoint_path"), checkpoint_path)
   validation.output_dir(s("model_dir"), model_dir)

@@ -18,9 +18,9 @@ rules it compiles, on abstract arrays (nothing is allocated):
   gin, else infer's defaults).
 Prints a table and, last, one JSON line. Each step reports per-chip memory
 (arguments + outputs - donated + temporaries + code), FLOPs counting every
-layer (moe_jax/flops.py: XLA's own count sees a scanned stack's body once),
+layer (moe_jax/tools/flops.py: XLA's own count sees a scanned stack's body once),
 and on a TPU slice a roofline lower bound on its time from the chip's peak
-(moe_jax/tpu_slices.py), tokens/s and the days TRAIN_STEPS would take.
+(moe_jax/tools/tpu_slices.py), tokens/s and the days TRAIN_STEPS would take.
 
 A step that does not fit a chip's memory exits 2 with one line naming the
 step, the GiB it needs, the chip's GiB and what would reduce it.
@@ -58,7 +58,7 @@ def _take_target(argv):
   if devices is not None and devices < 1:
     raise ValueError(f"--devices={devices} must be >= 1")
   if topology is not None:
-    from moe_jax import tpu_slices
+    from moe_jax.tools import tpu_slices
     topology = tpu_slices.parse(topology)
   return devices or 1, topology, rest
 
@@ -147,7 +147,7 @@ def _programs(model, partitioner, cfg) -> dict:
   import jax
   from flax import linen as nn
 
-  from moe_jax import routing_embeddings, trainer
+  from moe_jax.training import routing_embeddings, trainer
   from moe_jax.models import build_model
   from moe_jax.peft.trainable import trainable_mask
   variables = model.abstract_variables()
@@ -185,7 +185,7 @@ def _programs(model, partitioner, cfg) -> dict:
     n, li = _infer_setting(gin, "batch_size"), _infer_setting(gin, "inputs_length")
     decode_len, beams = _infer_setting(gin, "max_decode_length"), _infer_setting(gin, "num_beams")
     decoder, params = model, all_abs
-    if hasattr(model.adapters, "merge_task"):  # infer decodes a task's weights merged into a plain backbone
+    if model.adapters.merges_per_task:  # infer decodes a task's weights merged into a plain backbone
       decoder = build_model(model.config)
       plain = decoder.abstract_variables()
       params = _placed(partitioner, nn.unbox(plain)["params"], nn.get_partition_spec(plain)["params"])
@@ -203,7 +203,7 @@ def _programs(model, partitioner, cfg) -> dict:
 
 
 def _compile(partitioner, fn, args, while_trips, tokens, slice_) -> dict:
-  from moe_jax import flops
+  from moe_jax.tools import flops
   started = time.perf_counter()
   with partitioner.context():
     traced = fn.trace(*args)
@@ -291,7 +291,8 @@ def plan(slice_=None) -> dict:
   import gin
   import jax
 
-  from moe_jax import gin_utils, optim, partitioning
+  from moe_jax import gin_utils
+  from moe_jax.training import optim, partitioning
   cfg = _Config(gin)
   model = gin_utils.model()
   devices = slice_.devices() if slice_ is not None else jax.devices()

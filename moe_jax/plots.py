@@ -60,7 +60,7 @@ def expert_heatmaps(per_task: dict[str, dict[str, np.ndarray]], path: str, title
   fig.suptitle(title or "mean expert probability per task and layer", fontsize=8)
   import io
 
-  from moe_jax import fs
+  from moe_jax.utils import fs
   fs.makedirs(fs.dirname(path))
   buf = io.BytesIO()
   fig.savefig(buf, dpi=150, format="png")

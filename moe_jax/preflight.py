@@ -22,7 +22,8 @@ import uuid
 
 import gin
 
-from moe_jax import fs, gin_utils, paths
+from moe_jax.utils import fs, paths
+from moe_jax import gin_utils
 
 
 def _macro(name: str, default=None):
@@ -55,7 +56,7 @@ def check_vocabulary() -> str:
 
 
 def check_checkpoint(path: str) -> str:
-  from moe_jax import checkpoints
+  from moe_jax.training import checkpoints
   from moe_jax.models import hf, safetensors_io, t5x
   if fs.exists(fs.join(path, "config.json")):
     config = hf.read_config(path)

@@ -18,7 +18,7 @@ from typing import Optional
 
 import gin
 
-from moe_jax import fs, paths
+from moe_jax.utils import fs, paths
 
 _NAME = re.compile(r"^[\w\d\.\:_]+$")  # seqio's task names
 
@@ -68,7 +68,7 @@ class TemplateTask:
       except KeyError as e:
         raise ValueError(f"{where}: promptsource={self.promptsource!r}: {e.args[0]}") from None
       if self.template not in names:
-        from moe_jax.validation import close_matches  # pylint: disable=import-outside-toplevel
+        from moe_jax.utils.validation import close_matches  # pylint: disable=import-outside-toplevel
         raise ValueError(f"{where}: promptsource {self.promptsource} has no template {self.template!r}"
                          f"{close_matches(str(self.template), names)} ({len(names)} templates)")
       template_name = self.template
@@ -193,7 +193,7 @@ class CustomMixture:
 
   def register(self):
     import seqio  # pylint: disable=import-outside-toplevel
-    from moe_jax.validation import close_matches  # pylint: disable=import-outside-toplevel
+    from moe_jax.utils.validation import close_matches  # pylint: disable=import-outside-toplevel
     from tasks import registration  # pylint: disable=import-outside-toplevel
     known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
     for member, rate in self.members:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from moe_jax import fs
+from moe_jax.utils import fs
 
 _MAPS: dict[str, dict[str, int]] = {"task_ids": {}, "domain_ids": {}, "template_ids": {}}
 _OPTIONAL = ("template_ids",)  # absent from runs saved before it existed

@@ -9,7 +9,7 @@ import functools
 import json
 from typing import Iterator, Optional, Sequence
 
-from moe_jax import fs, paths
+from moe_jax.utils import fs, paths
 
 
 from moe_jax.errors import DataError  # noqa: E402  raised by every reader

@@ -136,7 +136,7 @@ def markdown(report: dict) -> str:
 
 def write_report(report: dict, directory: str, stem: str = "zero_shot") -> tuple[str, str]:
   """Writes <stem>.json and <stem>.md atomically; returns their paths."""
-  from moe_jax import fs
+  from moe_jax.utils import fs
   fs.makedirs(directory)
   out = []
   for ext, text in (("json", json.dumps(report, indent=1)), ("md", markdown(report))):

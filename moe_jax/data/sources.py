@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import gin
 
-from moe_jax import fs
+from moe_jax.utils import fs
 from moe_jax.data import jsonl, parquet, schemas
 from moe_jax.errors import DataError, UnavailableDataError  # noqa: F401  (raised for every source)
 

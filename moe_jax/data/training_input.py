@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from moe_jax import fs
+from moe_jax.utils import fs
 from moe_jax.data import converters, sources
 
 DIR = "input_position"

@@ -15,7 +15,7 @@ import os
 
 import seqio
 
-from moe_jax import fs, paths
+from moe_jax.utils import fs, paths
 
 VOCAB_ENV = paths.VOCAB_ENV
 EXTRA_IDS = 100

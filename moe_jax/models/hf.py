@@ -22,7 +22,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from moe_jax import fs
+from moe_jax.utils import fs
 from moe_jax.models import layer_layout, safetensors_io
 from moe_jax.models.api import BaseModel, build_model
 from moe_jax.models.configs import DecoderConfig, ModelConfig, T5Config

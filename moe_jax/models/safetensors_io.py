@@ -12,7 +12,7 @@ import struct
 import ml_dtypes
 import numpy as np
 
-from moe_jax import fs
+from moe_jax.utils import fs
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,

@@ -42,12 +42,12 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from moe_jax import fs
+from moe_jax.utils import fs
 from moe_jax.errors import CheckpointError
 from moe_jax import segments as pooling, adapters as sites
 from moe_jax.peft.lora import ALL_PROJECTIONS, LowRankExperts
 from moe_jax.peft.prompt_cache import decide_once
-from moe_jax.validation import close_matches
+from moe_jax.utils.validation import close_matches
 
 MODES = ("given", "per_layer", "majority", "last")
 ROUTER_REGEX = r".*layer_hook/.*"

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 from flax import serialization, traverse_util
 
-from moe_jax import fs
+from moe_jax.utils import fs
 from moe_jax.models.hf import CheckpointError
 
 CHECKPOINT_FILE = "checkpoint"
