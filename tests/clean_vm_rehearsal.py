@@ -123,4 +123,4 @@ def tree(url):
 
 print(json.dumps({"codes": codes, "touched": sorted(set(touched)), "run": tree(RUN),
                   "orbax_steps": sorted(os.listdir(checkpoints.directory_of(RUN))),
-                  "moe_jax": os.path.dirname(os.path.dirname(fs.__file__))}))
+                  "moe_jax": os.path.dirname(os.path.dirname(sys.modules["moe_jax"].__file__))}))

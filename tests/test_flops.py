@@ -46,7 +46,7 @@ def _train_step_flops(scan: bool, layers: int = 6):
   axes = nn.get_partition_spec(model.abstract_variables())["params"]
   t, f = trainer.split_params(shapes, trainable_mask(shapes))
   partitioner = partitioning.Partitioner(partitioning.make_mesh(1, 1, devices=jax.devices()[:1]))
-  step = trainer.TrainStep(model, partitioner, trainer._subtree(axes, t))
+  step = trainer.TrainStep(model, partitioner, trainer.subtree(axes, t))
   o = jax.eval_shape(step.tx.init, t)
   i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
   batch = {"encoder_input_tokens": i32(4, 32), "decoder_input_tokens": i32(4, 16),

@@ -65,7 +65,7 @@ def describe(kind, after_8=None, before=None, after_1=None):
   shardings = flat(placed8[kind])
   shapes = flat(trainable0 if kind == "trainable" else trainer.split_params(params, mask)[1])
   names = jax.tree_util.tree_leaves(
-      jax.tree_util.tree_map(tuple, trainer._subtree(axes, placed8[kind]), is_leaf=is_spec),
+      jax.tree_util.tree_map(tuple, trainer.subtree(axes, placed8[kind]), is_leaf=is_spec),
       is_leaf=lambda x: isinstance(x, tuple))
   out = []
   for i, ((name, sh), (_, x)) in enumerate(zip(shardings, shapes)):

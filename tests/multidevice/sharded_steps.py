@@ -19,7 +19,7 @@ def run(model, params, axes, batches, mesh, learning_rate):
   first step, the last global batch as placed)."""
   part = partitioning.Partitioner(mesh)
   tr, fr = trainer.split_params(params, trainable_mask(params))
-  tr_axes, fr_axes = trainer._subtree(axes, tr), trainer._subtree(axes, fr)
+  tr_axes, fr_axes = trainer.subtree(axes, tr), trainer.subtree(axes, fr)
   step = trainer.TrainStep(model, part, tr_axes, learning_rate=learning_rate)
   losses, host_rows = [], []
   with part.context():

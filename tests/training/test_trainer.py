@@ -25,7 +25,7 @@ def setup():
   params = common.perturb_adapters(params, scale=0.2)
   trainable, frozen = trainer.split_params(params, trainable_mask(params))
   axes = model.param_logical_axes()
-  return model, trainable, frozen, trainer._subtree(axes, trainable)
+  return model, trainable, frozen, trainer.subtree(axes, trainable)
 
 
 def _step(setup, k):
@@ -66,7 +66,7 @@ def test_accumulated_gradient_equals_the_full_batch_for_every_normaliser(normali
   model, params = common.make("t5", MoV(num_experts=3), loss_normalizing_factor=normalizer)
   params = common.perturb_adapters(params, scale=0.2)
   trainable, frozen = trainer.split_params(params, trainable_mask(params))
-  axes = trainer._subtree(model.param_logical_axes(), trainable)
+  axes = trainer.subtree(model.param_logical_axes(), trainable)
   part = partitioning.Partitioner(partitioning.make_mesh(-1, 1))
   step = trainer.TrainStep(model, part, axes, grad_accum_steps=2)
   batch, rng = _uneven_batch(), jax.random.key(0)
