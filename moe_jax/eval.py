@@ -3,7 +3,7 @@
 
 Zero-shot rank classification on the held-out suite; writes
 MODEL_DIR/eval/zero_shot.{json,md} and, for routed methods, expert_probs.png.
-The configurable pieces live in moe_jax/evaluation.py.
+The configurable pieces live in moe_jax/evaluation/evaluator.py.
 """
 from moe_jax import gin_utils
 

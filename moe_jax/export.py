@@ -13,7 +13,7 @@ from moe_jax import gin_utils
 
 
 def main() -> None:
-  from moe_jax import adapter_export
+  from moe_jax.evaluation import adapter_export
   adapter_export.export()
 
 

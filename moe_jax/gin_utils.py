@@ -114,7 +114,7 @@ def _find_gin_file(name: str, search) -> None:
 def configure(argv) -> None:
   """Parses flags and gin files; raises ValueError naming a bad file, binding or
   unused macro (a macro set on the command line that no configuration reads)."""
-  import moe_jax.evaluation  # noqa: F401  registers ZeroShotEvaluator
+  import moe_jax.evaluation.evaluator  # noqa: F401  registers ZeroShotEvaluator
   import moe_jax.training.trainer  # noqa: F401  registers train
   register_with_gin()
   gin.clear_config()

@@ -11,13 +11,13 @@ inference: a plain backbone per task); MoA routes each row by its own domain
 (`given`) or by its routers' vote; MiLoRA and MoA route once per prompt (the
 decision is cached with the KV cache at prefill). Writes
 MODEL_DIR/infer/predictions.jsonl atomically. The configurable pieces live in
-moe_jax/inference.py.
+moe_jax/evaluation/inference.py.
 """
 from moe_jax import gin_utils
 
 
 def main() -> None:
-  from moe_jax import inference
+  from moe_jax.evaluation import inference
   inference.infer()
 
 

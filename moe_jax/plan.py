@@ -100,7 +100,7 @@ def _infer_setting(gin, name):
   try:
     return gin.query_parameter(f"infer.{name}")
   except ValueError:
-    from moe_jax import inference
+    from moe_jax.evaluation import inference
     return inspect.signature(inference.infer).parameters[name].default
 
 

@@ -69,7 +69,7 @@ def test_a_training_run_writes_its_directory_through_the_path_layer(tmp_path, mo
 
 
 def test_reports_plots_and_adapters_on_a_uri(in_empty_cwd):
-  from moe_jax import adapter_export, plots
+  from moe_jax.evaluation import adapter_export, plots
   from moe_jax.data import rank_eval
   out = "ram://report_test/eval"
   report = {"suite": "t0_eval", "step": 3, "average": 0.5, "max_examples_per_template": None,

@@ -81,7 +81,7 @@ def test_moelora_merge_and_router_statistics_work_on_scanned_params():
   back = traverse_util.flatten_dict(layer_layout.unstack_layers(merged_s))
   for k, v in traverse_util.flatten_dict(merged_u).items():
     np.testing.assert_allclose(back[k], v, rtol=1e-6, atol=1e-7)
-  from moe_jax import plots
+  from moe_jax.evaluation import plots
   mov_u, pu, mov_s, ps = _pair("t5", METHODS["mov"])
   probs_u, probs_s = (plots.router_probabilities(m, p, common.batch("t5")) for m, p in ((mov_u, pu), (mov_s, ps)))
   assert probs_u and set(probs_u) == set(probs_s)  # the same routers, named by layer

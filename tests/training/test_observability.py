@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_jax import metrics, plots
+from moe_jax.evaluation import plots
+from moe_jax.training import metrics
 from moe_jax.peft import MoV
 from tests.peft import common
 

@@ -146,7 +146,8 @@ def test_the_paper_path_scanned_rematerialised_peft_only_through_every_entry_poi
   fingerprint recorded per unrolled layer name) and gives back every
   parameter the run ended with; stopped after step 2 and resumed, it ends
   bit-identical; eval, infer and export run on it through their entry points."""
-  from moe_jax import adapter_export, gin_utils
+  from moe_jax import gin_utils
+  from moe_jax.evaluation import adapter_export
   from tests.inprocess import FINAL_PARAMS, restored_state, run_entry
   run = tmp_path / "scanned"
   layout = ["--gin.SCAN_LAYERS=True", "--gin.REMAT_POLICY='minimal'", T5X_DIMS]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from moe_jax import adapter_export
+from moe_jax.evaluation import adapter_export
 from moe_jax.peft import MOELoRA, MoV
 from moe_jax.peft.trainable import is_adapter_path, trainable_mask
 from moe_jax import trainer

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from moe_jax import checkpoints, gin_utils, inference, trainer
+from moe_jax import gin_utils
+from moe_jax.evaluation import inference
+from moe_jax.training import checkpoints, trainer
 from moe_jax.data import ids, vocab
 from moe_jax.peft import moa
 from moe_jax.peft.trainable import is_adapter_path

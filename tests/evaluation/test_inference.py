@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_jax import inference
+from moe_jax.evaluation import inference
 from moe_jax.data import jsonl, vocab
 from moe_jax.models import build_model
 from moe_jax.peft import MOELoRA, MoA

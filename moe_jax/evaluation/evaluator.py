@@ -9,7 +9,7 @@ import gin
 import jax
 
 from moe_jax.utils import fs, validation
-from moe_jax import plots
+from moe_jax.evaluation import plots
 from moe_jax.training import preemption
 
 
