@@ -5,12 +5,11 @@ Zero-shot rank classification on the held-out suite; writes
 MODEL_DIR/eval/zero_shot.{json,md} and, for routed methods, expert_probs.png.
 The configurable pieces live in moe_jax/evaluation/evaluator.py.
 """
-from moe_jax import gin_utils
+from moe_jax import evaluation, gin_utils
+from moe_jax.data import user_tasks
 
 
 def main() -> None:
-  from moe_jax import evaluation
-  from moe_jax.data import user_tasks
   user_tasks.register_tasks()  # before the evaluator is built: the user's tasks may add a suite
   evaluation.evaluate()
 

@@ -10,10 +10,10 @@ inference overhead; transformers loads them). Every output appears whole or
 not at all.
 """
 from moe_jax import gin_utils
+from moe_jax.evaluation import adapter_export
 
 
 def main() -> None:
-  from moe_jax.evaluation import adapter_export
   adapter_export.export()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from typing import Optional
 
 from moe_jax.utils import quiet  # noqa: F401  before TensorFlow is imported
@@ -12,10 +13,12 @@ from moe_jax.utils import quiet  # noqa: F401  before TensorFlow is imported
 import gin
 
 from moe_jax import errors
-from moe_jax.utils import fs, paths, validation
-from moe_jax.training import preemption
+import moe_jax.evaluation.evaluator  # noqa: F401  registers ZeroShotEvaluator and evaluate with gin
 from moe_jax.models.configured import model  # noqa: F401  the run's model, bound by the gin files
 from moe_jax.peft import register_with_gin
+from moe_jax.training import preemption
+import moe_jax.training.trainer  # noqa: F401  registers train with gin
+from moe_jax.utils import fs, paths, validation
 
 REPO_GIN_DIR = os.path.join(paths.REPO_ROOT, "gin_configs")
 
@@ -114,8 +117,6 @@ def _find_gin_file(name: str, search) -> None:
 def configure(argv) -> None:
   """Parses flags and gin files; raises ValueError naming a bad file, binding or
   unused macro (a macro set on the command line that no configuration reads)."""
-  import moe_jax.evaluation.evaluator  # noqa: F401  registers ZeroShotEvaluator
-  import moe_jax.training.trainer  # noqa: F401  registers train
   register_with_gin()
   gin.clear_config()
   files, bindings, search = parse_flags(argv)
@@ -248,7 +249,6 @@ def run(main_fn, argv=None) -> int:
       msg = next(l for l in str(e).splitlines() if "DataError" in l)
       print(f"error: {msg.split('DataError: ', 1)[-1]}", file=sys.stderr)
       return 2
-    import traceback
     traceback.print_exc()
     return 1
   return 0

@@ -14,10 +14,10 @@ MODEL_DIR/infer/predictions.jsonl atomically. The configurable pieces live in
 moe_jax/evaluation/inference.py.
 """
 from moe_jax import gin_utils
+from moe_jax.evaluation import inference
 
 
 def main() -> None:
-  from moe_jax.evaluation import inference
   inference.infer()
 
 

@@ -26,6 +26,8 @@ A step that does not fit a chip's memory exits 2 with one line naming the
 step, the GiB it needs, the chip's GiB and what would reduce it.
 """
 from __future__ import annotations
+# Imports inside functions: jax and the library load only after main() has set XLA_FLAGS
+# and JAX_PLATFORMS (the simulated device count), so none of them is imported at the top.
 
 import functools
 import inspect

@@ -22,8 +22,11 @@ import uuid
 
 import gin
 
-from moe_jax.utils import fs, paths
 from moe_jax import gin_utils
+from moe_jax.data import inspect, sources, user_tasks
+from moe_jax.models import hf, safetensors_io, t5x
+from moe_jax.training import checkpoints
+from moe_jax.utils import fs, paths
 
 
 def _macro(name: str, default=None):
@@ -34,9 +37,7 @@ def _macro(name: str, default=None):
 
 
 def check_data(mixture: str) -> str:
-  from moe_jax.data import user_tasks
   user_tasks.register_tasks()  # reads no data
-  from moe_jax.data import inspect, sources
   sources.data_source()
   summary = inspect.report(mixture)
   missing = summary["missing"]
@@ -50,14 +51,13 @@ def check_data(mixture: str) -> str:
 
 
 def check_vocabulary() -> str:
+  # seqio and TensorFlow load only when this runs
   from moe_jax.data import vocab
   v = vocab.t5_vocabulary()
   return f"vocabulary: {paths.vocabulary_path()} ({v.vocab_size} ids)"
 
 
 def check_checkpoint(path: str) -> str:
-  from moe_jax.training import checkpoints
-  from moe_jax.models import hf, safetensors_io, t5x
   if fs.exists(fs.join(path, "config.json")):
     config = hf.read_config(path)
     shards, _ = hf.shard_files(path)

@@ -3,16 +3,18 @@
 Trains (or resumes) the configured run; see gin_configs/runs/finetune.gin.
 """
 
+import os
+
+import jax
+
 from moe_jax import gin_utils
+from moe_jax.data import user_tasks
+from moe_jax.training import trainer
 
 
 def main() -> None:
-  import os
   if os.environ.get("MOE_JAX_DISTRIBUTED"):  # set by launch/*.sh on every host
-    import jax
     jax.distributed.initialize()  # TPU slices and SLURM are auto-detected
-  from moe_jax.training import trainer
-  from moe_jax.data import user_tasks
   user_tasks.register_tasks()  # moe-jax's tasks, then MIXTURE_OR_TASK_MODULE and CUSTOM_TASKS
   trainer.train(model=gin_utils.model())
 

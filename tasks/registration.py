@@ -109,6 +109,7 @@ def _t0_plus(name, extra):
 
 def ensure(name: str) -> None:
   """Registers a mixture registered on first use (T0+, T0++)."""
+  # seqio and TensorFlow load only when this runs
   from moe_jax.data import registry  # pylint: disable=import-outside-toplevel
   registry.ensure(name)
 

@@ -13,6 +13,7 @@ peft/, a new backbone only models/ and layers/.
 """
 import ast
 import os
+import re
 
 import pytest
 
@@ -133,3 +134,133 @@ def test_the_package_imports_no_old_alias_names():
   found = [f"{path}: imports {m} (an alias kept for users; import the module it names)"
            for path, tree in _sources() for m in set(_imports(tree)) if m in aliases]
   assert not found, "\n".join(sorted(found))
+
+
+# --- Function-level imports --------------------------------------------------
+# An import inside a function hides an edge from a reader of the file's header.
+# It is allowed only for a heavy optional dependency (TensorFlow and seqio,
+# promptsource, matplotlib, torch, HF datasets, pyarrow: `python -m
+# moe_jax.plan` and the model code must load without them), and in the planner
+# and the argparse tools (LAZY_FILES below). Each says why in a comment.
+HEAVY = {"tensorflow", "seqio", "promptsource", "matplotlib", "torch", "transformers", "datasets", "pyarrow",
+         "pandas", "tensorflow_datasets"}
+# The planner sets XLA_FLAGS (simulated devices) before jax loads; the argparse
+# tools answer --help and bad flags before it. Each says so once, in a comment
+# starting with LAZY_NOTE above its first import.
+LAZY_FILES = {"moe_jax/plan.py", "moe_jax/tools/"}
+LAZY_NOTE = "# Imports inside functions:"
+
+
+def _all_modules():
+  """{dotted name: (path, tree)} for moe_jax/ and tasks/."""
+  found = {}
+  for top in ("moe_jax", "tasks"):
+    for root, _, files in os.walk(os.path.join(paths.REPO_ROOT, top)):
+      for f in files:
+        if f.endswith(".py"):
+          path = os.path.join(root, f)
+          rel = os.path.relpath(path, paths.REPO_ROOT)
+          name = os.path.splitext(rel)[0].replace(os.sep, ".")
+          name = name[:-len(".__init__")] if name.endswith(".__init__") else name
+          found[name] = (rel, ast.parse(open(path).read(), path))
+  return found
+
+
+def _import_nodes(tree):
+  """(import node, inside a function?) for every import of a file."""
+  def walk(node, in_function):
+    for child in ast.iter_child_nodes(node):
+      if isinstance(child, (ast.Import, ast.ImportFrom)):
+        yield child, in_function
+      yield from walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+  yield from walk(tree, False)
+
+
+def _targets(node, modules):
+  """The modules an import statement loads: ours by dotted name (with their
+  parent packages), third-party ones by their top-level name."""
+  names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+           else [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                 for a in node.names])
+  out = set()
+  for name in names:
+    if name.split(".")[0] in ("moe_jax", "tasks"):
+      parts = name.split(".")
+      out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in modules)
+    else:
+      out.add(name.split(".")[0])
+  return out
+
+
+def _module_level_graph(modules):
+  return {name: set().union(*[_targets(n, modules) for n, in_fn in _import_nodes(tree) if not in_fn] or [set()])
+          for name, (_, tree) in modules.items()}
+
+
+def _loads_heavy(target, graph):
+  seen, todo = set(), [target]
+  while todo:
+    m = todo.pop()
+    if m in seen:
+      continue
+    seen.add(m)
+    if m in HEAVY:
+      return True
+    todo.extend(graph.get(m, ()))
+  return False
+
+
+def test_the_module_level_import_graph_has_no_circle():
+  modules = _all_modules()
+  graph = {m: {t for t in ts if t in modules and t != m and not m.startswith(t + ".")}
+           for m, ts in _module_level_graph(modules).items()}
+  state, circle = {}, []
+
+  def visit(m, stack):
+    state[m] = "open"
+    for t in sorted(graph[m]):
+      if state.get(t) == "open":
+        circle.append(" -> ".join(stack[stack.index(t):] + [t]))
+      elif t not in state:
+        visit(t, stack + [t])
+    state[m] = "done"
+
+  for m in sorted(graph):
+    if m not in state:
+      visit(m, [m])
+  assert not circle, "\n".join(circle)
+
+
+def _says_why(lines, i):
+  """A comment (not only a pylint/noqa marker) on the import's line, on another
+  line of its run of imports, or on the line above the run."""
+  def comment(line):
+    text = line.partition("#")[2]
+    text = re.sub(r"pylint:\s*disable=\S+|noqa(:\s*\S+)?", "", text)
+    return bool(text.strip(" #()"))
+
+  start = end = i
+  while start > 0 and lines[start - 1].strip().startswith(("import ", "from ")):
+    start -= 1
+  while end + 1 < len(lines) and lines[end + 1].strip().startswith(("import ", "from ")):
+    end += 1
+  return any(comment(lines[j]) for j in range(start, end + 1)) or lines[start - 1].strip().startswith("#")
+
+
+def test_imports_inside_functions_are_for_heavy_dependencies_and_say_why():
+  modules = _all_modules()
+  graph = _module_level_graph(modules)
+  found = []
+  for name, (path, tree) in modules.items():
+    lines = open(os.path.join(paths.REPO_ROOT, path)).read().splitlines()
+    lazy = any(path == f or (f.endswith("/") and path.startswith(f)) for f in LAZY_FILES)
+    lazy_note = lazy and any(l.startswith(LAZY_NOTE) for l in lines)
+    for node, in_function in _import_nodes(tree):
+      if not in_function:
+        continue
+      if not lazy_note and not _says_why(lines, node.lineno - 1):
+        found.append(f"{path}:{node.lineno}: no comment says why this import is inside a function")
+      if not lazy and not any(_loads_heavy(t, graph) for t in _targets(node, modules)):
+        found.append(f"{path}:{node.lineno}: {lines[node.lineno - 1].strip()!r} loads nothing heavy; "
+                     "import it at the top of the file")
+  assert not found, "\n".join(found)

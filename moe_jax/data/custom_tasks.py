@@ -17,8 +17,12 @@ import re
 from typing import Optional
 
 import gin
+import jinja2
 
+from moe_jax.data import templates
 from moe_jax.utils import fs, paths
+from moe_jax.utils.validation import close_matches
+
 
 _NAME = re.compile(r"^[\w\d\.\:_]+$")  # seqio's task names
 
@@ -57,6 +61,7 @@ class TemplateTask:
   origin: str
 
   def register(self):
+    # seqio and TensorFlow load only when this runs
     from moe_jax.data import p3, templates  # pylint: disable=import-outside-toplevel
     from tasks import registration  # pylint: disable=import-outside-toplevel
     where = f"{self.origin}: template_task {self.name!r}"
@@ -68,7 +73,6 @@ class TemplateTask:
       except KeyError as e:
         raise ValueError(f"{where}: promptsource={self.promptsource!r}: {e.args[0]}") from None
       if self.template not in names:
-        from moe_jax.utils.validation import close_matches  # pylint: disable=import-outside-toplevel
         raise ValueError(f"{where}: promptsource {self.promptsource} has no template {self.template!r}"
                          f"{close_matches(str(self.template), names)} ({len(names)} templates)")
       template_name = self.template
@@ -92,8 +96,6 @@ def _check_jinja(where: str, part: str, source) -> None:
   if "|||" in source and part != "answer_choices":
     raise ValueError(f"{where}: {part} contains '|||', which separates inputs from targets; "
                      "give inputs and targets separately")
-  import jinja2  # pylint: disable=import-outside-toplevel
-  from moe_jax.data import templates  # pylint: disable=import-outside-toplevel
   try:
     templates.jinja_environment().parse(source)
   except jinja2.TemplateSyntaxError as e:
@@ -163,6 +165,7 @@ class PromptsourceDataset:
   mixture: str
 
   def register(self):
+    # seqio and TensorFlow load only when this runs
     from moe_jax.data import p3  # pylint: disable=import-outside-toplevel
     from tasks import registration  # pylint: disable=import-outside-toplevel
     key = self.dataset if self.subset is None else f"{self.dataset}_{self.subset}"
@@ -192,8 +195,10 @@ class CustomMixture:
   origin: str
 
   def register(self):
+    # seqio and TensorFlow load only when this runs
     import seqio  # pylint: disable=import-outside-toplevel
-    from moe_jax.utils.validation import close_matches  # pylint: disable=import-outside-toplevel
+
+    # seqio and TensorFlow load only when this runs
     from tasks import registration  # pylint: disable=import-outside-toplevel
     known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
     for member, rate in self.members:

@@ -16,12 +16,17 @@ import argparse
 import json
 import sys
 
+from moe_jax.data import sources, user_tasks
+
 
 def _entries(mixture: str | None, task: str | None):
   """(spec, task names, rate per task, split) per dataset."""
+  # seqio and TensorFlow load only when this runs
   import seqio
-  from tasks import registration
+
+  # seqio and TensorFlow load only when this runs
   from moe_jax.data import registry
+  from tasks import registration
   registry.ensure(mixture or task)  # T0+ / T0++: registered when named
   if mixture in registration.MIXTURES:
     split = "validation" if mixture.endswith("score_eval") else "train"
@@ -69,7 +74,6 @@ def main(argv=None) -> int:
   parser.add_argument("--module", action="append", default=[],
                       help="a module registering seqio tasks, imported first (MIXTURE_OR_TASK_MODULE)")
   args = parser.parse_args(argv)
-  from moe_jax.data import user_tasks
   try:
     user_tasks.register_tasks(modules=args.module)  # registers (no data read)
     summary = report(args.mixture, args.task)
@@ -85,7 +89,6 @@ def main(argv=None) -> int:
 
 def report(mixture: str | None, task: str | None = None) -> dict:
   """Prints the table; returns the summary. KeyError for an unknown name."""
-  from moe_jax.data import sources
   entries = _entries(mixture, task)
   source = sources.current()
   rows, missing, n_tasks = [], [], 0

@@ -15,6 +15,7 @@ from moe_jax.errors import DataError, UnavailableDataError
 
 
 def _gfile():
+  # TensorFlow loads only when this runs
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   return tf.io.gfile
 
@@ -45,6 +46,7 @@ def missing(root: str, dataset: str, subset: Optional[str], split: str) -> Optio
 
 def read_rows(root: str, dataset: str, subset: Optional[str], split: str) -> Iterator[dict]:
   """One dict per row, in file then row order (the HF schema, as load_dataset gives)."""
+  # pyarrow loads only for a parquet source
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
   paths = files(root, dataset, subset, split)

@@ -19,6 +19,8 @@ import numpy as np
 import seqio
 
 from moe_jax.data import converters, p3
+from moe_jax.utils import fs
+
 
 ScoreFn = Callable[[dict], np.ndarray]  # batch -> [B] summed target log-likelihood
 
@@ -136,7 +138,6 @@ def markdown(report: dict) -> str:
 
 def write_report(report: dict, directory: str, stem: str = "zero_shot") -> tuple[str, str]:
   """Writes <stem>.json and <stem>.md atomically; returns their paths."""
-  from moe_jax.utils import fs
   fs.makedirs(directory)
   out = []
   for ext, text in (("json", json.dumps(report, indent=1)), ("md", markdown(report))):

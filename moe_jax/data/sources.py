@@ -147,6 +147,7 @@ _SCHEMA_CHECKED: set = set()
 def _hf_module():
   if importlib.util.find_spec("datasets") is None:
     raise UnavailableDataError(f"{SOURCE_ENV}=hf needs the `datasets` package (pip install datasets)")
+  # HF datasets loads only for DATA_SOURCE='hf'
   import datasets  # pylint: disable=import-outside-toplevel
   return datasets
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import functools
 import re
-import warnings
 from typing import Optional
+import warnings
+
+from jinja2 import meta
 
 
 _CUSTOM: dict = {}  # (dataset, subset) -> CustomTemplates, for tasks written in gin (custom_tasks.py)
@@ -30,6 +32,7 @@ def add_custom(dataset: str, subset: Optional[str], name: str, inputs: str, targ
   so it renders exactly as P3's do: `inputs ||| targets`, `answer_choices`
   separated by `|||`)."""
   _import_promptsource()
+  # promptsource loads only when a template is used
   from promptsource.templates import Template
   template = Template(name, f"{inputs} ||| {targets}", "", answer_choices=answer_choices)
   template.metadata.original_task = True  # the user's own task: its templates are the task
@@ -41,6 +44,7 @@ def _import_promptsource():
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # promptsource imports pkg_resources
     try:
+      # promptsource loads only when a template is used
       from promptsource.templates import DatasetTemplates
     except ImportError as e:
       raise ImportError(
@@ -72,6 +76,7 @@ def _cache_compiled_jinja() -> None:
   """promptsource compiles a template's Jinja source on every apply (~2 ms, most
   of the rendering time); the sources are a few hundred fixed strings, so we
   memoise its environment's `from_string` (compiled templates are immutable)."""
+  # promptsource loads only when a template is used
   from promptsource import templates as ps
   if not hasattr(ps.env.from_string, "cache_info"):
     ps.env.from_string = functools.lru_cache(maxsize=8192)(ps.env.from_string)
@@ -94,6 +99,7 @@ def task_name(dataset: str, subset: Optional[str], template: str, suffix: str = 
 def jinja_environment():
   """promptsource's Jinja environment (its filters, e.g. `choice`)."""
   _import_promptsource()
+  # promptsource loads only when a template is used
   from promptsource.templates import env
   return env
 
@@ -104,7 +110,6 @@ PROVIDED = frozenset({"answer_choices"})
 
 @functools.lru_cache(maxsize=None)
 def _referenced(jinja_source: str) -> frozenset:
-  from jinja2 import meta
   from promptsource.templates import env  # knows promptsource's filters (choice, ...)
   return frozenset(meta.find_undeclared_variables(env.parse(jinja_source)))
 

@@ -45,6 +45,7 @@ def build(task_or_mixture, lengths: dict, *, first_row: int, host_rows: int, bat
   if hasattr(task_or_mixture, "tasks"):  # a seqio Mixture keeps only inputs/targets unless told
     extra["passthrough_features"] = converters.CONTEXT_FEATURES
   if host_rows != batch_size:
+    # seqio and TensorFlow load only when this runs
     import seqio  # pylint: disable=import-outside-toplevel
     extra["shard_info"] = seqio.ShardInfo(index=first_row // host_rows, num_shards=batch_size // host_rows)
 

@@ -52,6 +52,7 @@ def _import(name: str) -> None:
 def supply_context_features() -> None:
   """Appends `_with_context` to every registered Task that moe-jax did not
   create and has not yet seen."""
+  # seqio and TensorFlow load only when this runs
   import seqio  # pylint: disable=import-outside-toplevel
   from moe_jax.data import ids, p3  # pylint: disable=import-outside-toplevel
   for name in seqio.TaskRegistry.names():
@@ -70,6 +71,7 @@ def supply_context_features() -> None:
 
 
 def _with_context(dataset, *, task_id: int, domain_id: int, template_id: int):
+  # TensorFlow loads only when this runs
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   present = set(dataset.element_spec)
 

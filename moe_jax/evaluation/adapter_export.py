@@ -5,20 +5,22 @@ from __future__ import annotations
 import json
 from typing import Optional, Sequence
 
+from flax import traverse_util
+import flax.linen as nn
 import gin
 import numpy as np
-from flax import traverse_util
 
-from moe_jax.training import frozen_source
-from moe_jax.utils import fs
+from moe_jax.models import build_model, layer_layout, safetensors_io, save_hf_checkpoint
 from moe_jax.models.configured import model as configured_model
+from moe_jax.training import checkpoints, frozen_source, weights
+from moe_jax.utils import fs, validation
+
 
 ADAPTERS_FILE = "adapters.safetensors"
 
 
 def save_adapters(trainable: dict, path: str, metadata: Optional[dict] = None) -> str:
   """Writes the trainable parameters as one safetensors file, atomically."""
-  from moe_jax.models import safetensors_io
   flat = traverse_util.flatten_dict(trainable)
   tensors = {"/".join(k): np.asarray(v, np.float32) for k, v in flat.items()}
   fs.makedirs(fs.dirname(fs.normalize(path)))
@@ -30,7 +32,6 @@ def save_adapters(trainable: dict, path: str, metadata: Optional[dict] = None) -
 
 def load_adapters(path: str) -> dict:
   """The nested parameter dict written by `save_adapters`."""
-  from moe_jax.models import safetensors_io
   if not fs.exists(path):
     raise FileNotFoundError(f"{path}: no adapter file")
   return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in safetensors_io.load(path).items()})
@@ -57,7 +58,6 @@ def check_merge(model, task_ids: dict, merge_tasks: Sequence[str]) -> None:
 
 def merged_exports(model, params, task_ids: dict, merge_tasks: Sequence[str], out_dir: str) -> list[str]:
   """MOELoRA: one HF checkpoint per task with that task's weights merged in."""
-  from moe_jax.models import build_model, save_hf_checkpoint
   check_merge(model, task_ids, merge_tasks)
   plain = build_model(model.config)
   return [save_hf_checkpoint(plain, model.adapters.merge_task(params, task_ids[t]),
@@ -70,8 +70,6 @@ def export(checkpoint_path: str = gin.REQUIRED, export_dir: str = gin.REQUIRED,
   """Everything is checked (configuration, checkpoint, MERGE_TASKS) before the
   first file is written; an export directory this call created is removed if
   writing fails."""
-  from moe_jax.training import checkpoints
-  from moe_jax.utils import validation
   s = lambda p: validation.setting("export", p)  # noqa: E731
   validation.existing_path(s("checkpoint_path"), checkpoint_path)
   validation.output_dir(s("export_dir"), export_dir)
@@ -84,14 +82,11 @@ def export(checkpoint_path: str = gin.REQUIRED, export_dir: str = gin.REQUIRED,
     check_merge(model, task_ids, merge_tasks)
   state = checkpoints.load_state(checkpoint_path)
   # A checkpoint of another model or method would export silently wrong weights.
-  import flax.linen as nn
-  from moe_jax.models import layer_layout
   abstract = nn.unbox(model.abstract_variables()["params"])
   checkpoints.check_compatible(abstract, layer_layout.match_layout(
       checkpoints.params_of(state) if "frozen" in state else state["trainable"], abstract), checkpoint_path)
   params = checkpoints.params_of(state) if "frozen" in state else None
   if merge_tasks and params is None:  # the merged backbones need every weight: rebuild the frozen ones
-    from moe_jax.training import weights
     params, _, _ = weights.load_initial(model, frozen_source.init_params(model, 0), checkpoint_path)
   created = not fs.exists(export_dir)
   try:

@@ -8,11 +8,11 @@ from typing import Callable, Optional
 import gin
 import jax
 
-from moe_jax.utils import fs, validation
+from moe_jax.data import user_tasks
 from moe_jax.evaluation import plots
-from moe_jax.training import preemption
-
-
+from moe_jax.models.configured import model as configured_model
+from moe_jax.training import frozen_source, preemption, routing_embeddings, weights
+from moe_jax.utils import fs, validation
 
 
 class EvalProgress:
@@ -75,6 +75,7 @@ class ZeroShotEvaluator:
       raise ValueError(f"{s('suite')}: unknown eval suite {suite!r}{validation.close_matches(suite, suites)} "
                        f"(known: {', '.join(suites)})")
     if datasets is not None:
+      # seqio and TensorFlow load only when this runs
       import tasks
       full = tasks.eval_suite(suite)
       validation.names_in(s("datasets"), datasets, [d.key for d in full], f"{suite} dataset")
@@ -86,13 +87,14 @@ class ZeroShotEvaluator:
         max_examples_per_template, batch_size, datasets, plot)
 
   def suite(self):
+    # seqio and TensorFlow load only when this runs
     import tasks
     suite = tasks.eval_suite(self.suite_name)
     return [d for d in suite if not self.datasets or d.key in self.datasets]
 
   def __call__(self, model, params, step: Optional[int] = None) -> dict:
+    # seqio and TensorFlow load only when this runs
     from moe_jax.data import rank_eval
-    from moe_jax.training import routing_embeddings
     score = model.score_batch
     suite = self.suite()
     table = routing_embeddings.for_run(model, params, self.model_dir) if routing_embeddings.needed(
@@ -117,8 +119,8 @@ class ZeroShotEvaluator:
     return report
 
   def _plot(self, model, params, suite, out_dir, step, with_context):
+    # seqio and TensorFlow load only when this runs
     import seqio
-
     from moe_jax.data import converters
     per_task = {}
     for d in suite:
@@ -142,9 +144,6 @@ class ZeroShotEvaluator:
 @gin.configurable
 def evaluate(checkpoint_path: str = gin.REQUIRED, evaluator=gin.REQUIRED) -> dict:
   """Loads a checkpoint (moe-jax run or HF directory) into the configured model and evaluates it."""
-  from moe_jax.training import frozen_source, weights
-  from moe_jax.models.configured import model as configured_model
-  from moe_jax.data import user_tasks
   user_tasks.register_tasks()
   validation.existing_path(validation.setting("evaluate", "checkpoint_path"), checkpoint_path)
   model = configured_model()

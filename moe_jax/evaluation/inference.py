@@ -21,8 +21,13 @@ from typing import Optional
 import gin
 import numpy as np
 
-from moe_jax.utils import fs
+from moe_jax.data import ids, jsonl, user_tasks
+from moe_jax.data.jsonl import DataError
+from moe_jax.models import build_model
 from moe_jax.models.configured import model as configured_model
+from moe_jax.training import frozen_source, weights
+from moe_jax.utils import fs, validation
+
 
 EOS = 1  # the T5 vocabulary's, which training appends to every prompt
 
@@ -49,7 +54,6 @@ def load_rows(inputs: str, split: str, max_examples: int) -> list[dict]:
 
 
 def _jsonl_rows(path: str, max_examples: int) -> list[dict]:
-  from moe_jax.data import jsonl
   rows = []
   for line_no, row in jsonl.numbered_rows(path, required=("inputs",), same_fields=False):
     if len(rows) == max_examples:
@@ -74,8 +78,6 @@ def _is_id(v) -> bool:
 
 def _jsonl_domain(where: str, row: dict) -> Optional[str]:
   """The row's domain name from "domain" and/or "domain_id" (null: none)."""
-  from moe_jax.data import ids
-  from moe_jax.data.jsonl import DataError
   name, data_id = row.get("domain"), row.get("domain_id")
   if name is not None and (not isinstance(name, str) or not name):
     raise DataError(f"{where}: field 'domain' must be a domain name (a non-empty string), got {name!r}")
@@ -93,6 +95,7 @@ def _jsonl_domain(where: str, row: dict) -> Optional[str]:
 
 
 def _seqio_rows(name: str, split: str, max_examples: int) -> list[dict]:
+  # seqio and TensorFlow load only when this runs
   from moe_jax.data import ids, registry
   source = registry.get_task_or_mixture(name)
   extra = {}
@@ -163,7 +166,6 @@ def decode(model, params, prompts: Prompts, *, max_decode_length=64, num_beams=1
 
 
 def _decode_merged(model, params, prompts: Prompts, *, max_decode_length, num_beams, batch_size):
-  from moe_jax.models import build_model
   plain = build_model(model.config)
   preds = np.zeros((len(prompts.tokens), max_decode_length), np.int32)
   for t in sorted(set(prompts.task_ids.tolist())):
@@ -193,8 +195,6 @@ def detokenize(vocab, ids_: list[int]) -> str:
 def infer(checkpoint_path: str = gin.REQUIRED, model_dir: str = gin.REQUIRED, inputs: str = gin.REQUIRED,
           split: str = "validation", max_examples: int = 64, inputs_length: int = 512,
           max_decode_length: int = 64, num_beams: int = 1, batch_size: int = 8) -> str:
-  from moe_jax.training import frozen_source, weights
-  from moe_jax.utils import fs, validation
   s = lambda p: validation.setting("infer", p)  # noqa: E731
   validation.existing_path(s("checkpoint_path"), checkpoint_path)
   validation.output_dir(s("model_dir"), model_dir)
@@ -203,8 +203,8 @@ def infer(checkpoint_path: str = gin.REQUIRED, model_dir: str = gin.REQUIRED, in
   for p, v in (("max_examples", max_examples), ("inputs_length", inputs_length),
                ("max_decode_length", max_decode_length), ("num_beams", num_beams), ("batch_size", batch_size)):
     validation.positive_int(s(p), v)
+  # seqio and TensorFlow load only when this runs
   from moe_jax.data import vocab as vocab_lib
-  from moe_jax.data import user_tasks
   user_tasks.register_tasks()  # the seqio tasks (and the data's domain ids), the user's too
   model = configured_model()
   rows = load_rows(inputs, split, max_examples)

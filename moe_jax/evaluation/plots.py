@@ -1,12 +1,14 @@
 """Mean expert probabilities per task and layer (as the MoV/MOELoRA papers plot)."""
 from __future__ import annotations
 
+import io
 
-import numpy as np
 from flax import traverse_util
+import numpy as np
 
-from moe_jax.models import layer_layout
 from moe_jax import adapters as sites
+from moe_jax.models import layer_layout
+from moe_jax.utils import fs
 
 
 def router_probabilities(model, params, batch) -> dict[str, np.ndarray]:
@@ -34,8 +36,10 @@ def short_name(router_path: str) -> str:
 
 def expert_heatmaps(per_task: dict[str, dict[str, np.ndarray]], path: str, title: str = "") -> str:
   """One panel per task: routers (rows, by layer) x experts (columns). Written atomically."""
+  # matplotlib loads only to draw
   import matplotlib
   matplotlib.use("Agg")
+  # pyplot after the backend is chosen: no display on a pod or in CI
   import matplotlib.pyplot as plt
   tasks = [t for t, p in per_task.items() if p]
   if not tasks:
@@ -58,9 +62,7 @@ def expert_heatmaps(per_task: dict[str, dict[str, np.ndarray]], path: str, title
     ax.set_yticklabels([short_name(r) for r in routers] if ax is axes[0][0] else [], fontsize=5)
   fig.colorbar(im, ax=axes[0].tolist(), shrink=0.6, pad=0.01)
   fig.suptitle(title or "mean expert probability per task and layer", fontsize=8)
-  import io
 
-  from moe_jax.utils import fs
   fs.makedirs(fs.dirname(path))
   buf = io.BytesIO()
   fig.savefig(buf, dpi=150, format="png")

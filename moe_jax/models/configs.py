@@ -6,6 +6,7 @@ released t5x gin configs; Llama sizes follow the published model cards.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Optional, Union
 
 
@@ -106,7 +107,6 @@ PRESETS: dict[str, ModelConfig] = {
 
 def get_preset(name: str, **overrides) -> ModelConfig:
   if name not in PRESETS:
-    import difflib
     close = difflib.get_close_matches(name, PRESETS, n=3)
     raise KeyError(f"unknown model preset {name!r}; close matches: {close}; all: {sorted(PRESETS)}")
   return dataclasses.replace(PRESETS[name], **overrides)

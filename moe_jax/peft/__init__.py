@@ -3,6 +3,10 @@
 Each method is a frozen dataclass (`sites.Adapters` subclass) passed to
 `build_model(config, adapters)`; `METHODS` names them for configs and CLIs.
 """
+import difflib
+
+import gin
+
 from moe_jax.peft.ia3 import IA3
 from moe_jax.peft.lora import LoRA
 from moe_jax.peft.milora import MiLoRA
@@ -37,7 +41,6 @@ PRESETS = {
 def register_with_gin():
   """Make every method (and its router options) configurable from gin files:
   `MoV.num_experts = 30`, `model/build_model.adapters = @MoV()`."""
-  import gin
   for cls in list(METHODS.values())[1:]:
     if not gin.config._REGISTRY.get_match(f"moe_jax.peft.{cls.__name__}"):
       gin.external_configurable(cls, module="moe_jax.peft")
@@ -45,7 +48,6 @@ def register_with_gin():
 
 def get_method(name: str, **kwargs) -> Adapters:
   if name not in METHODS:
-    import difflib
     raise KeyError(f"unknown method {name!r}; close matches: {difflib.get_close_matches(name, METHODS)}; "
                    f"known: {sorted(METHODS)}")
   return METHODS[name](**kwargs)

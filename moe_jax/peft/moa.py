@@ -35,19 +35,24 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
 
-from moe_jax.utils import fs
+from moe_jax import adapters as sites, segments as pooling
+from moe_jax.data import ids
 from moe_jax.errors import CheckpointError
-from moe_jax import segments as pooling, adapters as sites
+from moe_jax.models import layer_layout
+from moe_jax.models.layer_stack import SCANNED_NAME
 from moe_jax.peft.lora import ALL_PROJECTIONS, LowRankExperts
 from moe_jax.peft.prompt_cache import decide_once
+from moe_jax.peft.trainable import frozen_base_optimizer
+from moe_jax.utils import fs
 from moe_jax.utils.validation import close_matches
+
 
 MODES = ("given", "per_layer", "majority", "last")
 ROUTER_REGEX = r".*layer_hook/.*"
@@ -59,7 +64,6 @@ ROUTER_KERNEL = "domain_kernel"
 
 def _domain_axis(path) -> int | None:
   """The domain axis of a stacked MoA tensor (after a scanned stack's layer axis), or None."""
-  from moe_jax.models.layer_stack import SCANNED_NAME
   if path[-1] == ROUTER_KERNEL:
     return -1
   if path[-1] in STACKED and any(p.endswith("_adapter") or p == "layer_hook" for p in path):
@@ -92,7 +96,6 @@ def data_domains(adapters: "MoA"):
   the two numberings differ. A domain the MoA lacks is an error when the
   domain is used (`given` mode routes by it, router training learns it) and
   left at 0 otherwise."""
-  from moe_jax.data import ids
   table = ids.current()["domain_ids"]
   lut = np.full(max(table.values(), default=-1) + 1, -1, np.int32)
   for name, i in table.items():
@@ -401,7 +404,6 @@ def domain_optimizer(tx: optax.GradientTransformation, params, name_or_index, do
   stacked tensors are the only trainable leaves, and every other domain's
   slice gets exactly zero update (what a regex over a per-domain subtree did).
   `name_or_index`: a domain id, or a name looked up in `domains`."""
-  from moe_jax.peft.trainable import frozen_base_optimizer
   d = name_or_index if isinstance(name_or_index, int) else list(domains).index(name_or_index)
   flat = traverse_util.flatten_dict(params)
   lora = {k: is_domain_lora(k) for k in flat}
@@ -426,7 +428,6 @@ def route_by_vote(model, params, batch, rule: str = "majority"):
   moa: MoA = model.adapters
   probe = type(model)(model.config, dataclasses.replace(moa, mode="per_layer"))
   _, stats = probe.apply_with_state(params, batch, mutable=(sites.ROUTER_STATS_COLLECTION,))
-  from moe_jax.models import layer_layout
   flat = traverse_util.flatten_dict(layer_layout.unstack_layers(stats[sites.ROUTER_STATS_COLLECTION]))
   layers = sorted((k for k in flat if k[-1] == "domain_logits"), key=_layer_order)
   choices = np.stack([np.argmax(np.asarray(flat[k][0]), -1) for k in layers], 0)  # [L, B]

@@ -18,15 +18,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from moe_jax import adapters as sites
+from moe_jax.data import ids
+from moe_jax.models import layer_layout
 from moe_jax.peft.lora import ALL_PROJECTIONS, LowRankExperts, torch_linear_init
 from moe_jax.peft.routers import select_top_k
+
 
 GATE_NAMES = ("adapter_model_hook", "model_hook")  # T5 (setup attribute) / decoder-only
 
@@ -124,7 +127,6 @@ class MOELoRA(sites.Adapters):
     def check(batch):
       task_ids = np.asarray(batch.get("task_id", -1))
       if task_ids.size and int(task_ids.max()) >= self.num_tasks:
-        from moe_jax.data import ids  # pylint: disable=import-outside-toplevel  (TF-free, but data-side)
         worst = int(task_ids.max())
         try:
           name = ids.name_of("task_ids", worst)
@@ -150,7 +152,6 @@ class MOELoRA(sites.Adapters):
 
   def merge_task(self, params, task_id: int):
     """Backbone params with task `task_id`'s weights folded in (no adapters left)."""
-    from moe_jax.models import layer_layout
     if layer_layout.is_scanned(params):  # merge layer by layer, then stack back
       return layer_layout.stack_layers(self.merge_task(layer_layout.unstack_layers(params), task_id))
     gate_key = next((k for k in GATE_NAMES if k in params), None)

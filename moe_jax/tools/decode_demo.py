@@ -8,6 +8,7 @@ path from text through the SentencePiece vocabulary, the KV-cached greedy and
 beam decoders, and back.
 """
 from __future__ import annotations
+# Imports inside functions: jax and the model load after argparse has answered --help or a bad flag.
 
 import argparse
 import sys

@@ -13,6 +13,8 @@ pages (docs.cloud.google.com/tpu/docs/{v4,v5e,v5p,v6e}):
 The pages' "GB" of capacity are the parts' binary sizes; read here as GiB.
 """
 from __future__ import annotations
+# Imports inside functions: the planner reads this table before it sets XLA_FLAGS, so jax loads
+# only when a topology is compiled.
 
 import dataclasses
 import re

@@ -9,6 +9,8 @@ per dataset median, average over datasets, missing datasets, truncation) and
 prints the table. Random weights score near chance by construction.
 """
 from __future__ import annotations
+# Imports inside functions: jax, TensorFlow and the model load after argparse has answered --help
+# or a bad flag.
 
 import argparse
 import sys

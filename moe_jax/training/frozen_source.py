@@ -28,14 +28,16 @@ import json
 import sys
 from typing import Optional
 
+from flax import traverse_util
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from moe_jax.utils import fs
 from moe_jax.errors import CheckpointError
 from moe_jax.models.layer_stack import SCANNED_NAME
+from moe_jax.utils import fs
+
 
 FILE = "frozen_source.json"
 KIND = "probe64"  # what `fingerprint` computes and `record` writes
@@ -157,7 +159,6 @@ def fingerprint(frozen) -> dict:
         sums[name][0] += dot
         sums[name][1] += sq
   if spread and jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     names = sorted(spread)  # the same tree, so the same order, on every process
     # As uint32 bits: without jax_enable_x64 a float64 array would travel as float32.
     bits = np.ascontiguousarray([sums[n] for n in names], np.float64).view(np.uint32)

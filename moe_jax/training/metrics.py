@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moe_jax.models import layer_layout
 from moe_jax.utils import fs
 
 
 def mean_router_entropy(router_stats) -> jax.Array:
   """Mean over routers and examples of H(p) of the sown expert probabilities."""
-  from moe_jax.models import layer_layout  # scanned stacks: one router per layer
   leaves = [x for x in jax.tree_util.tree_leaves(layer_layout.unstack_layers(router_stats)) if x.ndim == 2]
   if not leaves:
     return jnp.zeros((), jnp.float32)

@@ -21,6 +21,11 @@ import sys
 import threading
 from typing import Optional
 
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+
 # EX_TEMPFAIL (sysexits.h): stopped by a signal after saving; rerun the same
 # command to resume. Launchers relaunch on it and treat other codes as failures.
 EXIT_CODE = 75
@@ -80,11 +85,8 @@ class StopSignals:
   def agreed(self) -> Optional[str]:
     """The signal's name if any process received one, else None; the same
     answer on every process (all processes must call it at the same points)."""
-    import jax
     if jax.process_count() == 1:
       return self.received
-    import numpy as np
-    from jax.experimental import multihost_utils
     mine = np.int32(0 if self.received is None else _code(self.received))
     everyone = np.asarray(multihost_utils.process_allgather(mine))
     first = int(everyone.max())

@@ -22,9 +22,18 @@ PACK=False.
 """
 from __future__ import annotations
 
+import io
+
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from moe_jax.adapters import is_adapter_path
+from moe_jax.data import ids
+from moe_jax.models.api import build_model
 from moe_jax.utils import fs
+
 
 CACHE_FILE = "routing_embeddings.npz"
 
@@ -34,20 +43,16 @@ def needed(adapters) -> bool:
 
 
 def _backbone(params):
-  from flax import traverse_util
 
-  from moe_jax.adapters import is_adapter_path
   flat = traverse_util.flatten_dict(params)
   return traverse_util.unflatten_dict({k: v for k, v in flat.items() if not is_adapter_path(k)})
 
 
 def build_table(model, params, *, batch_size: int = 64, max_length: int = 128) -> tuple[list[str], np.ndarray]:
   """(template names in id order, [num templates, d_model] float32 embeddings)."""
-  import jax
-  import jax.numpy as jnp
 
+  # seqio and TensorFlow load only when this runs
   from moe_jax.data import ids, p3, vocab
-  from moe_jax.models.api import build_model
   if model.config.family != "t5":
     raise ValueError("routing='embedding' embeds instructions with the frozen T5 encoder; "
                      f"a {model.config.family} backbone has none")
@@ -79,13 +84,11 @@ def build_table(model, params, *, batch_size: int = 64, max_length: int = 128) -
 def for_run(model, params, model_dir: str, write: bool = True) -> np.ndarray:
   """The run's table: read from MODEL_DIR if it was computed for these
   templates, else computed and saved (atomically)."""
-  import io
   path = fs.join(model_dir, CACHE_FILE)
   names, table = None, None
   if fs.exists(path):
     with np.load(io.BytesIO(fs.read_bytes(path))) as f:
       names, table = list(f["names"]), f["table"]
-  from moe_jax.data import ids
   wanted = [ids.name_of("template_ids", i) for i in range(len(ids.current()["template_ids"]))]
   if names != wanted:
     names, table = build_table(model, params)

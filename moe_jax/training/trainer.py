@@ -13,21 +13,21 @@ import math
 import sys
 from typing import Optional
 
+from flax import traverse_util
 import gin
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
 
-from moe_jax.training import checkpoints, frozen_source, metrics, optim, partitioning, preemption, routing_embeddings, weights
-from moe_jax.utils import fs, validation
 from moe_jax.data.jsonl import DataError
+from moe_jax.errors import TrainingError  # noqa: E402
 from moe_jax.models.api import BaseModel
 from moe_jax.peft.trainable import trainable_mask
-
-
-from moe_jax.errors import TrainingError  # noqa: E402
+from moe_jax.training import (checkpoints, frozen_source, metrics, optim, partitioning, preemption, routing_embeddings,
+                              weights)
+from moe_jax.utils import fs, validation
 
 
 def split_params(params, mask):
@@ -304,7 +304,6 @@ def train(model: BaseModel, *, model_dir: str = gin.REQUIRED, mixture_or_task_na
       moved = checkpoints.move_aside(ckpt_dir, s, fs.join(model_dir, "damaged_checkpoints"))
       print(f"warning: checkpoint step {s} is damaged ({why}); moved it to {moved}", file=sys.stderr)
   if resume.skipped and jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("moe_jax: damaged checkpoints moved aside")
   if resume.step is not None:
     print(f"resuming {model_dir} from step {step}")

@@ -9,7 +9,10 @@ and export read both kinds the same way.
 from __future__ import annotations
 
 from flax import traverse_util
+import jax
 
+from moe_jax.models import hf, layer_layout, t5x
+from moe_jax.models.layer_stack import SCANNED_NAME
 from moe_jax.training import checkpoints, frozen_source
 from moe_jax.utils import fs
 
@@ -21,7 +24,6 @@ def load_initial(model, params, path: str):
   every parameter `path` holds: an HF directory, a T5X checkpoint (directory
   with a msgpack `checkpoint` file, that file, or gs://...) or a moe-jax
   checkpoint (a run's `checkpoints/` folder or one step of it)."""
-  from moe_jax.models import hf, layer_layout, t5x
   step = None
   if fs.exists(fs.join(path, "config.json")):
     source = hf.read_hf_params(path)  # read tensor by tensor, straight into the shards
@@ -44,7 +46,6 @@ def load_run_checkpoint(model, params, path: str):
   PEFT-only one needs its run's `frozen_source.json`: the backbone is rebuilt
   from that source (seeded init, then its initial checkpoint), checked, and
   the trained parameters are laid over it."""
-  from moe_jax.models import layer_layout
   model.adapters.check_restore(checkpoints.step_dir_of(path))  # before anything is read
   sharded = checkpoints.restore_params_like(path, params)  # same layout: straight into the shards
   step_dir, state = sharded if sharded else checkpoints.load_state_at(path)
@@ -89,7 +90,6 @@ def rebuild_backbone(model, params, recorded: dict, where: str):
 
 def _frozen_part(params, names: set):
   """The leaves of `params` whose (unrolled) names the fingerprint lists."""
-  from moe_jax.models.layer_stack import SCANNED_NAME
   keep = {}
   for k, v in traverse_util.flatten_dict(params).items():
     if SCANNED_NAME in k:
@@ -104,7 +104,6 @@ def _frozen_part(params, names: set):
 
 def jax_shardings(params):
   """The shardings of `params`' leaves when all are jax arrays, else None."""
-  import jax
   leaves = jax.tree_util.tree_leaves(params)
   if leaves and all(isinstance(x, jax.Array) for x in leaves):
     return jax.tree_util.tree_map(lambda x: x.sharding, params)

@@ -13,8 +13,10 @@ code never need it.
 from __future__ import annotations
 
 import contextlib
+import glob as glob_lib
 import os
 import posixpath
+import shutil
 from typing import Iterator
 
 
@@ -27,6 +29,7 @@ def is_uri(path) -> bool:
 
 
 def gfile():
+  # TensorFlow loads only when this runs
   import tensorflow as tf
   return tf.io.gfile
 
@@ -66,7 +69,6 @@ def glob(pattern: str) -> list[str]:
   """Sorted matches of a `*` pattern in one directory."""
   if is_uri(pattern):
     return sorted(gfile().glob(pattern))
-  import glob as glob_lib
   return sorted(glob_lib.glob(pattern))
 
 
@@ -98,6 +100,7 @@ def open_file(path: str, mode: str = "r") -> Iterator:
   """A file object; for a URI, TensorFlow's errors come out as OSError
   (FileNotFoundError for a missing object), as for a local file."""
   if is_uri(path):
+    # TensorFlow loads only when this runs
     import tensorflow as tf
     try:
       with gfile().GFile(path, mode) as f:
@@ -123,7 +126,6 @@ def replace(src: str, dst: str) -> None:
 def move(src: str, dst: str) -> None:
   """Moves a file or a directory tree (not replacing)."""
   if not (is_uri(src) or is_uri(dst)):
-    import shutil
     shutil.move(src, dst)
     return
   g = gfile()
@@ -155,7 +157,6 @@ def rmtree(path: str) -> None:
     if gfile().exists(path):
       gfile().rmtree(path)
   else:
-    import shutil
     shutil.rmtree(path, ignore_errors=True)
 
 

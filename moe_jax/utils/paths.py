@@ -5,6 +5,9 @@
 """
 import os
 
+from moe_jax.utils import fs
+
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # moe_jax/utils/ -> checkout
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 
@@ -15,7 +18,6 @@ def data_dir() -> str:
 
 def t5_vocab_path() -> str:
   """The data kit's copy of the vocabulary."""
-  from moe_jax.utils import fs
   return fs.join(data_dir(), "t5_vocab", "spiece.model")
 
 
@@ -31,7 +33,6 @@ PUBLIC_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 def vocabulary_path() -> str:
   """The T5 vocabulary: VOCABULARY / $MOE_JAX_VOCABULARY (a local path or a
   URL) if set, else the kit's copy if present, else the public bucket's."""
-  from moe_jax.utils import fs
   explicit = os.environ.get(VOCAB_ENV)
   if explicit:
     return explicit

@@ -52,6 +52,7 @@ def import_tensorflow() -> None:
   saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 2)
   try:
+    # TensorFlow loads only when this runs
     import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   finally:
     os.dup2(saved, 2)

@@ -14,13 +14,17 @@ import os
 import re
 from typing import Optional
 
+from gin import config as gin_config
+
+from moe_jax.utils import fs
+
+
 FEATURE_KEYS = ("inputs", "targets")
 
 
 def setting(fn: str, param: str) -> str:
   """How the user sets `fn.param`: the macro bound to it (`TRAIN_STEPS`), else `fn.param`."""
   try:
-    from gin import config as gin_config
     for (scope, selector), params in gin_config._CONFIG.items():  # pylint: disable=protected-access
       if not scope and selector.split(".")[-1] == fn and param in params:
         ref = params[param]
@@ -90,7 +94,6 @@ def output_dir(name: str, path) -> None:
 def existing_path(name: str, path) -> None:
   if not isinstance(path, str) or not path:
     raise ValueError(f"{name} must be a path, got {path!r}")
-  from moe_jax.utils import fs
   if not path.startswith("gs://") and not fs.exists(path):  # gs:// needs credentials: read on use
     raise FileNotFoundError(f"{name}={path}: does not exist")
 
@@ -161,7 +164,6 @@ def unused_macros(flag_bindings) -> list[tuple[str, str]]:
   gin keeps a macro as a binding of `gin.macro` scoped by its name, and a
   reference `%NAME` as a ConfigurableReference to it; a macro set on the
   command line that nothing references is a typo (`LEARNING_RAT`)."""
-  from gin import config as gin_config
   bound, referenced = set(), set()
 
   def walk(v):

@@ -6,16 +6,17 @@ import dataclasses
 import logging
 from typing import Any, Optional, Union
 
+from flax import traverse_util
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
+from moe_jax import adapters as sites
 from moe_jax.models import hf, layer_layout
 from moe_jax.models.api import build_model
 from moe_jax.models.configs import T5Config
 from moe_jax.models.t5x import layout
 from moe_jax.models.t5x.reader import T5XCheckpoint
-from moe_jax import adapters as sites
 
 
 def load_t5x_checkpoint(path: Union[str, T5XCheckpoint], config: Optional[T5Config] = None,
@@ -76,7 +77,6 @@ class LazyParam:
 
 
 def _lazy_params(ckpt: T5XCheckpoint, config: T5Config) -> dict:
-  import flax.linen as nn
   unrolled = build_model(dataclasses.replace(config, scan_layers=False))
   shapes = traverse_util.flatten_dict(nn.unbox(unrolled.abstract_variables()["params"]))
   plan = layout.sources(ckpt.target, config, ckpt.file)

@@ -16,11 +16,14 @@ import dataclasses
 import os
 from typing import Any, Optional
 
-import numpy as np
 from flax import serialization, traverse_util
+import ml_dtypes
+import numpy as np
+import tensorstore as ts
 
-from moe_jax.utils import fs
 from moe_jax.models.hf import CheckpointError
+from moe_jax.utils import fs
+
 
 CHECKPOINT_FILE = "checkpoint"
 
@@ -48,7 +51,6 @@ def _kvstore(directory: str) -> dict:
 def _read_bytes(file: str) -> bytes:
   if not _is_gcs(file):
     return fs.read_bytes(file)
-  import tensorstore as ts
   directory, name = file.rsplit("/", 1)
   try:
     result = ts.KvStore.open(_kvstore(directory)).result().read(name).result()
@@ -60,7 +62,6 @@ def _read_bytes(file: str) -> bytes:
 
 
 def _list(kvstore: dict) -> list[bytes]:
-  import tensorstore as ts
   return ts.KvStore.open(kvstore).result().list().result()
 
 
@@ -106,7 +107,6 @@ class Leaf:
   def read(self) -> np.ndarray:
     if self.value is not None:
       return self.value
-    import tensorstore as ts
     try:
       keys = _list(self.spec["kvstore"])
     except Exception as e:
@@ -137,7 +137,6 @@ def _leaf(name: str, x: Any, directory: str, need_shape: bool = True) -> Leaf:
     if "shape" not in meta and not need_shape:
       return Leaf(name, None, None, spec=spec)
     if "shape" not in meta:  # metadata in the array's .zarray: ask TensorStore
-      import tensorstore as ts
       try:
         store = ts.open(spec, open=True).result()
       except Exception as e:
@@ -154,7 +153,6 @@ def _leaf(name: str, x: Any, directory: str, need_shape: bool = True) -> Leaf:
 
 def _dtype(name: Any):
   if name == "bfloat16":
-    import ml_dtypes
     return ml_dtypes.bfloat16
   return name
 
