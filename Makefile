@@ -11,7 +11,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test test-all venv bench bench-data device-check clean
+.PHONY: demo test test-all venv bench bench-publish bench-data device-check clean
 
 venv: $(TEST_STAMP)
 
@@ -29,9 +29,11 @@ $(TEST_STAMP): $(RUNTIME_STAMP)
 	touch $(TEST_STAMP)
 
 # Each `make demo` starts afresh in $(DEMO_DIR) (a run there would otherwise resume).
+# DEMO_FLAGS adds gin flags (tests/test_docs.py runs the demo at tiny size with them).
+DEMO_FLAGS ?=
 demo: $(RUNTIME_STAMP)
 	rm -rf $(DEMO_DIR)
-	$(PY) -m moe_jax.train --gin_file=gin_configs/demo.gin --gin.MODEL_DIR=$(DEMO_DIR)
+	$(PY) -m moe_jax.train --gin_file=gin_configs/demo.gin --gin.MODEL_DIR=$(DEMO_DIR) $(DEMO_FLAGS)
 	@echo "run directory: $(DEMO_DIR) (checkpoints/, train_metrics.jsonl, tensorboard/, eval/)"
 
 # Two workers: most tests compile and run on one core. A file's tests stay on one
@@ -56,6 +58,12 @@ bench: $(RUNTIME_STAMP)
 	$(BENCH_MALLOC) BENCH_THREADS="1 thread pinned (taskset -c $(BENCH_CPU))" \
 	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
 	taskset -c $(BENCH_CPU) $(PY) -m bench.run --out_dir=bench_results $(BENCH_ARGS)
+
+# The last `make bench` result into the docs: docs/bench/bench.json (the record),
+# the chart docs/bench/ratios.png, the tables of docs/benchmark.md and the
+# README's step-cost figure (bench/publish.py).
+bench-publish: $(RUNTIME_STAMP)
+	$(PY) -m bench.publish --results=bench_results/bench.json
 
 # The trainer's input pipeline for t0_train on one core (bench/data_pipeline.py):
 # start-up, steady rows/s and examples/s per source, packed and unpacked, and

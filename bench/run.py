@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import time
 
 import jax
@@ -43,6 +44,19 @@ def allocator() -> str:
   """The glibc malloc settings this process started with (see the Makefile's `bench`)."""
   set_ = [f"{k}={os.environ[k]}" for k in MALLOC_SETTINGS if k in os.environ]
   return "glibc malloc, " + (" ".join(set_) if set_ else "default settings")
+
+
+def revision() -> str:
+  """The checkout's commit (with "+changes" when the tree differs from it): where the numbers come from."""
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                           capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown (not a git checkout)"
+  return rev + ("+changes" if dirty else "")
 
 
 def markdown(report) -> str:
@@ -131,6 +145,9 @@ def main(argv=None) -> dict:
         druns[prefix + v], dfacts[prefix + v] = decode.prepare(pkg, config, v, b, n_in, n_new)
         print(f"{prefix}{v}: decode compiled in {dfacts[prefix + v]['compile_and_first_decode_s']:.1f} s", flush=True)
     dec = decode.summarise(timing.round_robin(druns, args.rounds), dfacts)
+  paired = train_step.paired_ratios(train)
+  if TORCH in train and "lora_r4" in train:
+    paired[f"{TORCH} / lora_r4"] = train_step.paired(train, TORCH, "lora_r4")
   report = {
       "benchmark": "moe-jax", "settings": {
           "preset": args.preset, "layers": f"{config.num_encoder_layers}+{config.num_decoder_layers} layers",
@@ -141,7 +158,8 @@ def main(argv=None) -> dict:
       "threads": os.environ.get("BENCH_THREADS", "threads not pinned by bench.run"),
       "allocator": allocator(),
       "jax": jax.__version__, "matmul_peak_gflops": peak / 1e9, "train": train,
-      "paired_ratios": train_step.paired_ratios(train), "decode": dec,
+      "paired_ratios": paired, "decode": dec,
+      "date": time.strftime("%Y-%m-%d", time.gmtime()), "revision": revision(),
       "total_s": time.perf_counter() - t_start}
   os.makedirs(args.out_dir, exist_ok=True)
   write_text(os.path.join(args.out_dir, "bench.json"), json.dumps(report, indent=1))

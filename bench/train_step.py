@@ -145,9 +145,14 @@ def paired_ratios(train: dict) -> dict:
   for prefix in prefixes:
     for a, b in PAIRS:
       if prefix + a in train and prefix + b in train:
-        r = [x / y for x, y in zip(train[prefix + a]["rounds_ms"], train[prefix + b]["rounds_ms"])]
-        out[f"{prefix}{a} / {b}"] = {"median": statistics.median(r), "min": min(r), "max": max(r)}
+        out[f"{prefix}{a} / {b}"] = paired(train, prefix + a, prefix + b)
   return out
+
+
+def paired(train: dict, a: str, b: str) -> dict:
+  """Median, min and max over rounds of a's step / b's step in the same round."""
+  r = [x / y for x, y in zip(train[a]["rounds_ms"], train[b]["rounds_ms"])]
+  return {"median": statistics.median(r), "min": min(r), "max": max(r)}
 
 
 def summarise(timed: dict, facts: dict, batch, peak_flops=None) -> dict:
