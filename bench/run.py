@@ -107,6 +107,7 @@ def main(argv=None) -> dict:
   p.add_argument("--out_dir", default="bench_results")
   args = p.parse_args(argv)
   t_start = time.perf_counter()
+  measured = revision()  # the code as it was when the measuring began
   import moe_jax
   pkgs = [("", moe_jax, args.methods.split(","), args.decode_variants.split(","))]
   if args.baseline:
@@ -159,7 +160,7 @@ def main(argv=None) -> dict:
       "allocator": allocator(),
       "jax": jax.__version__, "matmul_peak_gflops": peak / 1e9, "train": train,
       "paired_ratios": paired, "decode": dec,
-      "date": time.strftime("%Y-%m-%d", time.gmtime()), "revision": revision(),
+      "date": time.strftime("%Y-%m-%d", time.gmtime()), "revision": measured,
       "total_s": time.perf_counter() - t_start}
   os.makedirs(args.out_dir, exist_ok=True)
   write_text(os.path.join(args.out_dir, "bench.json"), json.dumps(report, indent=1))

@@ -31,13 +31,13 @@ def test_help_shows_usage_and_every_macro_with_its_default(entry, macros, capsys
     assert any("MOA_TRAIN_DOMAIN" in l and "only this domain's slice" in l for l in out.splitlines())
 
 
-@pytest.mark.parametrize("tool, example", [
-    ("zero_shot", "python -m moe_jax.zero_shot --suite=t0_eval"),
-    ("param_count", "python -m moe_jax.param_count --model=t5_1_1_xl"),
-    ("data.inspect", "python -m moe_jax.data.inspect --mixture=t0_train"),
-    ("decode_demo", "python -m moe_jax.decode_demo --hf_dir="),
+@pytest.mark.parametrize("tool, example, default", [
+    ("zero_shot", "python -m moe_jax.zero_shot --suite=t0_eval", "(without --hf_dir) (default: 0)"),
+    ("param_count", "python -m moe_jax.param_count --model=t5_1_1_xl", "(default: t5_1_1_xl)"),
+    ("data.inspect", "python -m moe_jax.data.inspect --mixture=t0_train", "--mixture MIXTURE"),
+    ("decode_demo", "python -m moe_jax.decode_demo --hf_dir=", "new tokens per prompt (default: 16)"),
 ])
-def test_the_argparse_tools_help_says_what_they_do_with_an_example(tool, example, capsys):
+def test_the_argparse_tools_help_says_what_they_do_with_an_example(tool, example, default, capsys):
   import importlib
   main = importlib.import_module(f"moe_jax.{tool}").main
   with pytest.raises(SystemExit) as done:
@@ -45,3 +45,5 @@ def test_the_argparse_tools_help_says_what_they_do_with_an_example(tool, example
   out = capsys.readouterr().out
   assert done.value.code == 0 and out.startswith("usage:")
   assert example in out  # the description is the module's docstring, examples included
+  # every flag with a default says it
+  assert default in " ".join(out.split())

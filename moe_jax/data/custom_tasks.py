@@ -197,8 +197,6 @@ class CustomMixture:
   def register(self):
     # seqio and TensorFlow load only when this runs
     import seqio  # pylint: disable=import-outside-toplevel
-
-    # seqio and TensorFlow load only when this runs
     from tasks import registration  # pylint: disable=import-outside-toplevel
     known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
     for member, rate in self.members:

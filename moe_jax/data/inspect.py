@@ -12,19 +12,17 @@ checked by reading its first example.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from moe_jax.data import sources, user_tasks
+from moe_jax.utils import cli
 
 
 def _entries(mixture: str | None, task: str | None):
   """(spec, task names, rate per task, split) per dataset."""
   # seqio and TensorFlow load only when this runs
   import seqio
-
-  # seqio and TensorFlow load only when this runs
   from moe_jax.data import registry
   from tasks import registration
   registry.ensure(mixture or task)  # T0+ / T0++: registered when named
@@ -67,10 +65,10 @@ class _ForeignTask:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.parser(__doc__)
   group = parser.add_mutually_exclusive_group(required=True)
-  group.add_argument("--mixture")
-  group.add_argument("--task")
+  group.add_argument("--mixture", help="a seqio mixture, e.g. t0_train")
+  group.add_argument("--task", help="one seqio task")
   parser.add_argument("--module", action="append", default=[],
                       help="a module registering seqio tasks, imported first (MIXTURE_OR_TASK_MODULE)")
   args = parser.parse_args(argv)

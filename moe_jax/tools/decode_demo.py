@@ -10,9 +10,10 @@ beam decoders, and back.
 from __future__ import annotations
 # Imports inside functions: jax and the model load after argparse has answered --help or a bad flag.
 
-import argparse
 import sys
 import time
+
+from moe_jax.utils import cli
 
 PROMPTS = [
     "Premise: The cat sat on the mat. Hypothesis: A cat is sitting. Does the premise entail the hypothesis?",
@@ -22,13 +23,13 @@ PROMPTS = [
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.parser(__doc__)
   parser.add_argument("--hf_dir", help="Hugging Face T5 checkpoint directory (local or a URL)")
   parser.add_argument("--model", default="t5_1_1_tiny", help="preset used when --hf_dir is not given")
   parser.add_argument("--vocab", default=None, help="SentencePiece model, local or a URL (default: VOCABULARY's, see moe_jax/data/vocab.py)")
-  parser.add_argument("--max_decode_length", type=int, default=16)
-  parser.add_argument("--beams", type=int, default=4)
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--max_decode_length", type=int, default=16, help="new tokens per prompt")
+  parser.add_argument("--beams", type=int, default=4, help="beam width of the second decode (the first is greedy)")
+  parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (without --hf_dir)")
   args = parser.parse_args(argv)
 
   import jax

@@ -8,7 +8,6 @@ are exactly what training would create.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from flax import linen as nn
@@ -16,6 +15,7 @@ from flax import linen as nn
 from moe_jax.models import build_model, get_preset
 from moe_jax.peft import PRESETS
 from moe_jax.peft.trainable import count, trainable_mask
+from moe_jax.utils import cli
 
 
 def _abstract_params(model):
@@ -36,7 +36,7 @@ def table(model_name: str, presets=None) -> list[tuple[str, int, float]]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.parser(__doc__)
   parser.add_argument("--model", default="t5_1_1_xl", help="model preset (moe_jax.models.configs.PRESETS)")
   parser.add_argument("--presets", default=None, help="comma-separated method presets (default: all)")
   args = parser.parse_args(argv)

@@ -12,24 +12,25 @@ from __future__ import annotations
 # Imports inside functions: jax, TensorFlow and the model load after argparse has answered --help
 # or a bad flag.
 
-import argparse
 import sys
 import time
 
 from moe_jax.utils import quiet  # noqa: F401  before TensorFlow is imported
+from moe_jax.utils import cli
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--suite", default="t0_eval", choices=["t0_eval", "commonsense"])
+  parser = cli.parser(__doc__)
+  parser.add_argument("--suite", default="t0_eval", choices=["t0_eval", "commonsense"], help="held-out suite")
   parser.add_argument("--model", default="t5_1_1_tiny", help="preset for a random model")
   parser.add_argument("--hf_dir", default=None, help="local HF T5 checkpoint instead of a random model")
-  parser.add_argument("--max_examples_per_template", type=int, default=None)
-  parser.add_argument("--inputs_length", type=int, default=256)
-  parser.add_argument("--targets_length", type=int, default=32)
-  parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--output_dir", required=True)
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--max_examples_per_template", type=int, default=None,
+                      help="rows drawn at random (fixed seed) per template (default: the whole split)")
+  parser.add_argument("--inputs_length", type=int, default=256, help="prompt tokens (longer ones are truncated)")
+  parser.add_argument("--targets_length", type=int, default=32, help="answer-choice tokens")
+  parser.add_argument("--batch_size", type=int, default=32, help="rows scored per step")
+  parser.add_argument("--output_dir", required=True, help="where zero_shot.json and zero_shot.md go")
+  parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (without --hf_dir)")
   parser.add_argument("--datasets", default=None,
                       help="comma-separated dataset keys to keep from the suite (default: all)")
   args = parser.parse_args(argv)

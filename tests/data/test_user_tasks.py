@@ -128,6 +128,12 @@ def test_any_promptsource_dataset_registers_every_template(tmp_path, capsys):
   ex = next(task.get_dataset(split="train", shuffle=False, sequence_length=None).as_numpy_iterator())
   inputs, target = DatasetTemplates("super_glue", "multirc")[name].apply(first_row)
   assert ex["inputs_pretokenized"].decode() == inputs and ex["targets_pretokenized"].decode() == target
+  # freebase_qa (in no suite) has 5 templates, 2 of them not for its original
+  # task: all 5 are registered unless original_task_only is asked for.
+  custom_tasks.promptsource_dataset("freebase_qa").register()
+  every = DatasetTemplates("freebase_qa").templates.values()
+  assert len(every) == 5 and sum(t.metadata.original_task for t in every) == 3
+  assert len(seqio.get_mixture_or_task("freebase_qa").tasks) == 5
 
 
 @pytest.mark.parametrize("mixture, datasets, absent", [

@@ -91,6 +91,7 @@ def _stop_and_resume(reference, run, sig, k):
   assert _losses(run) == reference.losses
 
 
+@pytest.mark.slow  # 40 s; the default run keeps the SIGTERM case (make test-all runs this)
 def test_a_second_signal_during_the_stop_save_exits_at_once_and_the_rerun_ends_identical(reference, tmp_path):
   """Periodic saves at 7, 14, ...; the first SIGTERM at step 8, the second
   as soon as the stop save has been handed to orbax (the process sends it to
@@ -129,6 +130,7 @@ def _signal_at_template(monkeypatch, n, sig=signal.SIGTERM):
   return seen
 
 
+@pytest.mark.slow  # 40 s; the default run keeps the SIGTERM case (make test-all runs this)
 def test_ctrl_c_during_the_evaluation_stops_it_saves_and_the_rerun_ends_identical(reference, tmp_path,
                                                                                   monkeypatch, capsys):
   run = tmp_path / "run"
