@@ -108,21 +108,24 @@ def chart(report, path: str) -> None:
   os.replace(tmp, path)
 
 
-def replace_between(text: str, name: str, body: str, where: str) -> str:
-  pattern = re.compile(rf"(<!-- {name} -->\n?)(.*?)(\n?<!-- /{name} -->)", re.S)
+def replace_between(text: str, name: str, body: str, where: str, inline: bool = False) -> str:
+  """`body` between the page's `<!-- name -->` and `<!-- /name -->` (on lines of
+  their own, or inline within a sentence)."""
+  pattern = re.compile(rf"<!-- {name} -->.*?<!-- /{name} -->", re.S)
   if not pattern.search(text):
     raise ValueError(f"{where}: no <!-- {name} --> ... <!-- /{name} --> block")
-  return pattern.sub(lambda m: m.group(1) + body + m.group(3), text, count=1)
+  sep = "" if inline else "\n"
+  return pattern.sub(lambda m: f"<!-- {name} -->{sep}{body}{sep}<!-- /{name} -->", text, count=1)
 
 
 def rendered(report) -> dict:
   """{doc path: its text with the generated blocks filled from `report`}."""
   out = {}
-  for page, name, body in ((os.path.join("docs", "benchmark.md"), "bench:tables", tables(report)),
-                           ("README.md", "bench:headline", headline(report))):
+  for page, name, body, inline in ((os.path.join("docs", "benchmark.md"), "bench:tables", tables(report), False),
+                                   ("README.md", "bench:headline", headline(report), True)):
     path = os.path.join(REPO, page)
     text = out.get(page, open(path).read())
-    out[page] = replace_between(text, name, body.strip("\n"), page)
+    out[page] = replace_between(text, name, body.strip("\n"), page, inline)
   return out
 
 
