@@ -4,8 +4,8 @@ XLA:CPU's dot library and pinned by optimisation barriers).
 
 They were written for XLA:CPU and pay off there (`make bench`). Compiled for
 TPU (`python -m moe_jax.plan --topology=...`) they were measured no better
-than autodiff (README "Platforms"), so by default they run only in programs
-compiled for CPU. The platform is the one the program is traced for: the
+than autodiff (docs/scale.md, "Which gradient code each platform compiles"),
+so by default they run only in programs compiled for CPU. The platform is the one the program is traced for: the
 current mesh's devices (a TPU slice described by libtpu, in the planner),
 else jax's default backend.
 
